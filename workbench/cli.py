@@ -1,0 +1,127 @@
+"""The ``workbench`` console script."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+MODEL_HELP = "toy, tiny, sd15, sd21 (random weights) or a local diffusers folder / .safetensors file"
+
+
+def _load(model: str):
+    from .model import Workbench
+
+    return Workbench.load(model)
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    wb = _load(args.model)
+    names = wb.layers(kind=args.kind, pattern=args.pattern)
+    for name in names:
+        print(f"{name}\t{wb.layer(name).kind}" if args.with_kind else name)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .images import grid, save_image
+
+    wb = _load(args.model)
+    prompts = [p for p in args.prompt for _ in range(args.n)]
+    seeds = [args.seed + i for _ in args.prompt for i in range(args.n)]
+    images = wb.sample(prompts, seeds, steps=args.steps, guidance=args.guidance, progress=True)
+    labels = args.prompt if args.n > 1 else None
+    path = save_image(grid(images, nrow=args.n if args.n > 1 else min(8, len(prompts)), scale=args.scale,
+                           labels=labels), args.out)
+    print(f"wrote {path} ({len(prompts)} images)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Until the toy world and tracing land: the layer table and one corrupt-and-restore run per layer."""
+    from .model import Patch
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    wb = _load(args.model)
+    print(f"{wb}\n\nlayers by kind:")
+    for kind in ("hidden", "self_attn", "mlp", "attn1", "attn2", "resnet", "ff"):
+        print(f"  {kind:10s} {len(wb.layers(kind))}")
+    prompt, subject = "a photo of a cat by monet", "cat"
+    pos = wb.subject_positions(prompt, subject)
+    ids = wb.token_ids([prompt, prompt])
+    hidden = wb.layers("hidden")
+    clean, states = wb.run_text(ids[:1], read=hidden)
+    noise = torch.randn(1, len(pos), clean.shape[-1], generator=torch.Generator().manual_seed(0)) * 3
+    corrupt = Patch("text.embeddings.token_embedding", lambda e: e + noise * e.std(), rows=[1], positions=pos)
+    lines = [f"# demo: corrupt {subject!r} in {prompt!r}, restore one text-encoder layer at the last subject "
+             f"token\n", "| layer | restore effect on final text states |", "|---|---|"]
+    base = None
+    for name in [None, *hidden]:
+        patches = [corrupt] + ([Patch(name, states[name][:, pos[-1]], rows=[1], positions=[pos[-1]])] if name else [])
+        final, _ = wb.run_text(ids, patches=patches)
+        dist = (final[1] - clean[0]).norm().item()
+        base = dist if name is None else base
+        if name:
+            lines.append(f"| {name} | {1 - dist / base:.3f} |")
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\ndone in {time.time() - t0:.1f} s; report: {report}")
+    return 0
+
+
+def cmd_toy(args: argparse.Namespace) -> int:
+    from .toy import train
+
+    return train.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("layers", help="print one layer name per line, in execution order")
+    p.add_argument("--model", default="toy", help=MODEL_HELP)
+    p.add_argument("--kind", help="only this kind (hidden, self_attn, mlp, attn1, attn2, to_k, resnet, ff, ...)")
+    p.add_argument("--pattern", help="glob over names, e.g. 'unet.*.attn2'")
+    p.add_argument("--with-kind", action="store_true", help="print the kind beside each name")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("generate", help="write an image grid")
+    p.add_argument("--model", default="toy", help=MODEL_HELP)
+    p.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-n", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--scale", type=int, default=4, help="upscale factor for small images")
+    p.add_argument("--out", default="grid.png")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="run the main job and write a report")
+    p.add_argument("--model", default="tiny", help=MODEL_HELP)
+    p.add_argument("--out", default="out/demo")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("toy", help="the toy world: train / check (see `workbench toy -- --help`)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_toy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
+        print(f"workbench {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

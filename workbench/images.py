@@ -1,0 +1,55 @@
+"""Image grids and atomic image writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) floats in [0, 1] -> (B, H, W, 3) uint8."""
+    return (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def grid(images: torch.Tensor, nrow: int = 8, scale: int = 1, pad: int = 1,
+         labels: Sequence[str] | None = None) -> Image.Image:
+    """A grid of images (row-major, ``nrow`` per row), upscaled ``scale``× with nearest neighbour.
+
+    ``labels`` (one per row) are written in a left margin.
+    """
+    arr = to_uint8(images)
+    b, h, w, _ = arr.shape
+    rows = (b + nrow - 1) // nrow
+    margin = 0 if not labels else 8 * max(len(s) for s in labels) + 6
+    hs, ws = h * scale, w * scale
+    canvas = Image.new("RGB", (margin + nrow * (ws + pad) + pad, rows * (hs + pad) + pad), "white")
+    for i in range(b):
+        tile = Image.fromarray(arr[i]).resize((ws, hs), Image.NEAREST)
+        r, c = divmod(i, nrow)
+        canvas.paste(tile, (margin + pad + c * (ws + pad), pad + r * (hs + pad)))
+    if labels:
+        draw = ImageDraw.Draw(canvas)
+        for r, text in enumerate(labels[:rows]):
+            draw.text((3, pad + r * (hs + pad) + hs // 2 - 5), text, fill="black")
+    return canvas
+
+
+def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write atomically: a reader never sees half a file, a crash never leaves one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        image.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

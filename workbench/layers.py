@@ -1,0 +1,113 @@
+"""Stable dotted names for every hookable module, with its kind, in execution order.
+
+A layer name is the module path exactly as the installed library names it, prefixed with the part it
+lives in: ``text.encoder.layers.0.self_attn`` or
+``unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2``. One table per architecture maps module
+paths to kinds; selection is by kind and by glob (``unet.*.attn2``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# CLIP text encoder (transformers 5 layout: no ``text_model`` level inside CLIPTextModel).
+TEXT_SITES: dict[str, str] = {
+    "token_embedding": r"embeddings\.token_embedding",
+    "position_embedding": r"embeddings\.position_embedding",
+    "embeddings": r"embeddings",
+    "self_attn": r"encoder\.layers\.\d+\.self_attn",
+    "out_proj": r"encoder\.layers\.\d+\.self_attn\.out_proj",
+    "mlp": r"encoder\.layers\.\d+\.mlp",
+    "fc2": r"encoder\.layers\.\d+\.mlp\.fc2",
+    "hidden": r"encoder\.layers\.\d+",
+    "final_layer_norm": r"final_layer_norm",
+}
+
+# diffusers UNet2DConditionModel.
+UNET_SITES: dict[str, str] = {
+    "conv_in": r"conv_in",
+    "resnet": r"(down_blocks|up_blocks)\.\d+\.resnets\.\d+|mid_block\.resnets\.\d+",
+    "attn1": r".*\.transformer_blocks\.\d+\.attn1",
+    "attn2": r".*\.transformer_blocks\.\d+\.attn2",
+    "to_k": r".*\.transformer_blocks\.\d+\.attn2\.to_k",
+    "to_v": r".*\.transformer_blocks\.\d+\.attn2\.to_v",
+    "ff": r".*\.transformer_blocks\.\d+\.ff",
+    "transformer": r"(down_blocks|up_blocks)\.\d+\.attentions\.\d+|mid_block\.attentions\.\d+",
+    "block": r"down_blocks\.\d+|mid_block|up_blocks\.\d+",
+    "conv_out": r"conv_out",
+}
+
+PARTS = {"text": TEXT_SITES, "unet": UNET_SITES}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One hookable module: its stable name, its kind and where it sits in execution order."""
+
+    name: str
+    kind: str
+    part: str  # "text" or "unet"
+    path: str  # module path inside the part
+    order: int
+
+
+def site_kind(part: str, path: str) -> str | None:
+    """The kind of the module at ``path`` inside ``part`` ("text" / "unet"), or None if not a site."""
+    for kind, pattern in PARTS[part].items():
+        if re.fullmatch(pattern, path):
+            return kind
+    return None
+
+
+def execution_order(module: nn.Module, run: callable) -> list[str]:
+    """Module paths in the order their forward *finishes* during ``run()``.
+
+    nnsight serves ``.output`` values as modules finish, so this is the order a single invoke must
+    touch them in. Plain hooks are used here only because this is a one-off probe before nnsight runs.
+    """
+    finished: list[str] = []
+    seen: set[str] = set()
+
+    def hook(name: str):
+        def _record(_mod, _inp, _out):
+            if name not in seen:
+                seen.add(name)
+                finished.append(name)
+
+        return _record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules() if n]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return finished
+
+
+def build_table(part: str, module: nn.Module, order: Sequence[str]) -> list[Layer]:
+    """Every site of ``module`` with its kind, sorted by execution order (unvisited modules last)."""
+    rank = {path: i for i, path in enumerate(order)}
+    layers = []
+    for path, _ in module.named_modules():
+        kind = site_kind(part, path) if path else None
+        if kind is not None:
+            layers.append(Layer(f"{part}.{path}", kind, part, path, rank.get(path, len(rank))))
+    return sorted(layers, key=lambda layer: layer.order)
+
+
+def select(layers: Iterable[Layer], kind: str | Sequence[str] | None = None,
+           pattern: str | None = None) -> list[Layer]:
+    """Filter layers by kind(s) and/or a glob over names (``*`` matches dots too)."""
+    kinds = {kind} if isinstance(kind, str) else set(kind) if kind is not None else None
+    out = [layer for layer in layers
+           if (kinds is None or layer.kind in kinds)
+           and (pattern is None or fnmatch.fnmatchcase(layer.name, pattern))]
+    return out
