@@ -45,7 +45,7 @@ def bytes_to_unicode() -> dict[int, str]:
             keep.append(b)
             chars.append(256 + n)
             n += 1
-    return dict(zip(keep, map(chr, chars)))
+    return dict(zip(keep, map(chr, chars), strict=True))
 
 
 def build(out: Path, vocab_size: int = 2000) -> None:

@@ -1,0 +1,22 @@
+from workbench.cli import main
+
+
+def test_layers_command(capsys):
+    assert main(["layers", "--model", "tiny", "--kind", "attn2"]) == 0
+    lines = capsys.readouterr().out.split()
+    assert len(lines) == 4 and all(line.endswith("attn2") for line in lines)
+
+
+def test_bad_kind_is_a_clear_error(capsys):
+    assert main(["layers", "--model", "tiny", "--kind", "nope"]) == 2
+    assert "unknown layer kind 'nope'" in capsys.readouterr().err
+
+
+def test_generate_writes_a_grid(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    assert main(["generate", "--model", "tiny", "--prompt", "a cat", "--prompt", "a dog", "-n", "2", "--steps",
+                 "2", "--scale", "2", "--out", str(out)]) == 0
+    img = Image.open(out)
+    assert img.height == 2 * (32 + 1) + 1  # two rows of 16 px images at 2x
