@@ -1,0 +1,92 @@
+"""Restore-effect metrics.
+
+proxy: restoration of the UNet's noise prediction, 1 − ‖ε_restored − ε_clean‖ / ‖ε_corrupt − ε_clean‖,
+over a few seeded (noise, timestep) draws; cheap and batched. (For the text encoder, ``text`` does the same
+on the final text states.)
+faithful: generate images from the restored run and score the subject's concept with a scorer
+(any callable ``images (B, 3, H, W) in [0, 1] -> scores (B,)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from workbench import Workbench
+
+Scorer = Callable[[torch.Tensor], torch.Tensor]
+METRICS = ("proxy", "text", "faithful")
+
+
+def check_metric(metric: str, scorer: Scorer | None) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+    if metric == "faithful" and scorer is None:
+        raise ValueError("the faithful metric needs scorer=<callable images -> concept score>, e.g. "
+                         "workbench.toy.concept_scorer(...) or a local CLIP model")
+
+
+def restoration(restored: torch.Tensor, clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
+    """1 − ‖restored − clean‖ / ‖corrupted − clean‖ per row (all but the first dim flattened)."""
+    num = (restored - clean).flatten(1).float().norm(dim=1)
+    den = (corrupted - clean).flatten(1).float().norm(dim=1).clamp_min(1e-12)
+    return 1 - num / den
+
+
+def normalized_effect(restored: torch.Tensor, clean: float, corrupted: float) -> torch.Tensor:
+    """(score_restored − score_corrupted) / (score_clean − score_corrupted): 0 = none back, 1 = all back.
+
+    NaN when the corruption did not move the score (nothing to restore)."""
+    gap = clean - corrupted
+    if abs(gap) < 1e-6:
+        return torch.full_like(restored, float("nan"))
+    return (restored - corrupted) / gap
+
+
+def noised_latents(wb: Workbench, prompt: str, seeds: Sequence[int], timesteps: Sequence[int], *,
+                   steps: int | None = None, guidance: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_t for each (seed, timestep): a clean generation of ``prompt`` noised to ``t`` with seeded noise.
+
+    Noising a clean sample keeps x_t on the data the model actually meets, unlike pure noise.
+    """
+    x0 = wb.generate([prompt] * len(seeds), list(seeds), steps=steps, guidance=guidance).latents
+    noise = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(10_000 + s))
+                         for s in seeds]).to(x0)
+    t = torch.as_tensor(list(timesteps), device=x0.device)
+    return wb.scheduler.add_noise(x0, noise, t), t
+
+
+def spread_timesteps(wb: Workbench, windows: int, per_window: int) -> list[list[int]]:
+    """Training timesteps, ``per_window`` evenly spaced inside each of ``windows`` equal ranges (high t first)."""
+    total = wb.scheduler.config.num_train_timesteps
+    edges = torch.linspace(total, 0, windows + 1)
+    out = []
+    for w in range(windows):
+        hi, lo = float(edges[w]), float(edges[w + 1])
+        pts = torch.linspace(lo, hi, per_window + 2)[1:-1]
+        out.append([min(total - 1, int(round(float(p)))) for p in pts.flip(0)])
+    return out
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two 1-d tensors (average ranks for ties)."""
+    ra, rb = _ranks(a.flatten().double()), _ranks(b.flatten().double())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = ra.norm() * rb.norm()
+    return float((ra @ rb) / den) if den > 0 else float("nan")
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(len(x), dtype=x.dtype)
+    for v in torch.unique(x):  # ties share their mean rank
+        m = x == v
+        if m.sum() > 1:
+            ranks[m] = ranks[m].mean()
+    return ranks
+
+
+def chunks(n: int, size: int) -> list[range]:
+    return [range(i, min(n, i + size)) for i in range(0, n, size)]
