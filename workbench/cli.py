@@ -75,10 +75,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_toy(args: argparse.Namespace) -> int:
-    from .toy import train
+def cmd_trace(args: argparse.Namespace) -> int:
+    from tracing import trace_text_encoder, trace_unet
+    from tracing.plot import save_heatmap
 
-    return train.main(args.rest)
+    wb = _load(args.model)
+    scorer = None
+    if args.metric == "faithful":
+        if args.model != "toy":
+            raise ValueError("--metric faithful needs a concept scorer; the CLI has one for --model toy (use the "
+                             "Python API with any callable images -> score for other models)")
+        from .toy.check import concept_scorer
+
+        scorer = concept_scorer(args.subject)
+    common = dict(metric=args.metric, scorer=scorer, samples=args.samples, noise=args.noise, seed=args.seed,
+                  steps=args.steps)
+    if args.part == "text":
+        result = trace_text_encoder(wb, args.prompt, args.subject, kind=args.kind, window=args.window, **common)
+    else:
+        result = trace_unet(wb, args.prompt, args.subject, layers=args.layers, windows=args.windows, **common)
+    out = result.save(args.out)
+    save_heatmap(result, out / "heatmap.png")
+    print(f"{result.part} trace of {args.subject!r} in {args.prompt!r} ({result.metric}, {result.seconds:.1f} s)")
+    print(f"clean {result.clean:.3f}, corrupted {result.corrupted:.3f}; picked layers:")
+    for name in result.pick_layers(args.top):
+        print(f"  {name}\t{result.effect(name):.3f}")
+    print(f"wrote {out}/result.json, scores.safetensors, heatmap.png")
+    return 0
+
+
+def cmd_toy(args: argparse.Namespace) -> int:
+    commands = {"train": "train", "check": "check"}
+    if not args.rest or args.rest[0] not in commands:
+        raise ValueError("usage: workbench toy {train,check} [options]; add --help after the command for options")
+    from importlib import import_module
+
+    return import_module(f".toy.{commands[args.rest[0]]}", __package__).main(args.rest[1:])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,12 +135,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="grid.png")
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("trace", help="causal tracing: corrupt the subject, restore layers, write a heatmap")
+    p.add_argument("--model", default="toy", help=MODEL_HELP)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--subject", required=True, help="the words of the prompt to corrupt")
+    p.add_argument("--part", choices=["text", "unet"], default="text")
+    p.add_argument("--metric", choices=["proxy", "text", "faithful"], default="proxy")
+    p.add_argument("--kind", default="hidden", help="text part: hidden, self_attn or mlp")
+    p.add_argument("--window", type=int, default=1, help="text part: layers restored together (self_attn/mlp)")
+    p.add_argument("--layers", default="attn2", help="unet part: a kind (attn2, resnet, ff, block, ...) or glob")
+    p.add_argument("--windows", type=int, default=1, help="unet part: number of denoising-step windows")
+    p.add_argument("--samples", type=int, default=10, help="noise samples")
+    p.add_argument("--noise", type=float, default=3.0, help="noise scale, × embedding std")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--top", type=int, default=3, help="how many picked layers to print")
+    p.add_argument("--out", default="out/trace")
+    p.set_defaults(func=cmd_trace)
+
     p = sub.add_parser("demo", help="run the main job and write a report")
     p.add_argument("--model", default="tiny", help=MODEL_HELP)
     p.add_argument("--out", default="out/demo")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("toy", help="the toy world: train / check (see `workbench toy -- --help`)")
+    p = sub.add_parser("toy", help="the toy world: `workbench toy train ...`, `workbench toy check ...`")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_toy)
     return parser
