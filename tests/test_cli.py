@@ -20,3 +20,17 @@ def test_generate_writes_a_grid(tmp_path):
                  "2", "--scale", "2", "--out", str(out)]) == 0
     img = Image.open(out)
     assert img.height == 2 * (32 + 1) + 1  # two rows of 16 px images at 2x
+
+
+def test_trace_command_writes_result_and_heatmap(tmp_path, capsys):
+    from tracing import TraceResult
+
+    out = tmp_path / "trace"
+    assert main(["trace", "--model", "tiny", "--prompt", "a photo of van gogh", "--subject", "van gogh",
+                 "--metric", "text", "--samples", "2", "--out", str(out)]) == 0
+    result = TraceResult.load(out)
+    assert (out / "heatmap.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert result.pick_layers(1)[0] in printed and result.subject_cols == [4, 5]
+    assert main(["trace", "--model", "tiny", "--prompt", "a cat", "--subject", "dog", "--out", str(out)]) == 2
+    assert "subject 'dog' not found" in capsys.readouterr().err

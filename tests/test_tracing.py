@@ -100,3 +100,21 @@ def test_trace_errors():
 def test_spearman():
     assert spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([10.0, 20, 30, 40])) == pytest.approx(1.0)
     assert spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([4.0, 3, 2, 1])) == pytest.approx(-1.0)
+
+
+def test_cross_attention_maps_match_plain_generation():
+    from tracing.attention import cross_attention_maps
+
+    wb = Workbench.random("tiny", seed=0, vae=False)
+    before = dict(wb.unet.attn_processors)
+    maps = cross_attention_maps(wb, ["a photo of van gogh", "a red cat"], seed=3, steps=3)
+    assert dict(wb.unet.attn_processors) == before  # processors restored
+    plain = wb.sample(["a photo of van gogh", "a red cat"], seed=3, steps=3)
+    assert (maps.images - plain).abs().max() < 1e-4  # the eager processor computes the same attention
+    assert maps.maps.shape == (2, wb.max_length, 8, 8)
+    # probabilities sum to 1 over tokens at each position, summed over 3 steps (bicubic resampling aside)
+    total = maps.maps.sum(1)
+    assert torch.allclose(total.mean(), torch.tensor(3.0), atol=0.05)
+    assert maps.word(0, "van gogh").shape == (8, 8)
+    with pytest.raises(ValueError, match="not found in prompt"):
+        maps.word(1, "dog")

@@ -7,8 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 MODEL_HELP = "toy, tiny, sd15, sd21 (random weights) or a local diffusers folder / .safetensors file"
 
 
@@ -41,37 +39,42 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Until the toy world and tracing land: the layer table and one corrupt-and-restore run per layer."""
-    from .model import Patch
+    """The main job on the toy world: sample, trace an artist in the text encoder and the UNet, report."""
+    from tracing import trace_text_encoder, trace_unet
+    from tracing.plot import save_heatmap
+
+    from .images import grid, save_image
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     wb = _load(args.model)
-    print(f"{wb}\n\nlayers by kind:")
-    for kind in ("hidden", "self_attn", "mlp", "attn1", "attn2", "resnet", "ff"):
-        print(f"  {kind:10s} {len(wb.layers(kind))}")
-    prompt, subject = "a photo of a cat by monet", "cat"
-    pos = wb.subject_positions(prompt, subject)
-    ids = wb.token_ids([prompt, prompt])
-    hidden = wb.layers("hidden")
-    clean, states = wb.run_text(ids[:1], read=hidden)
-    noise = torch.randn(1, len(pos), clean.shape[-1], generator=torch.Generator().manual_seed(0)) * 3
-    corrupt = Patch("text.embeddings.token_embedding", lambda e: e + noise * e.std(), rows=[1], positions=pos)
-    lines = [f"# demo: corrupt {subject!r} in {prompt!r}, restore one text-encoder layer at the last subject "
-             f"token\n", "| layer | restore effect on final text states |", "|---|---|"]
-    base = None
-    for name in [None, *hidden]:
-        patches = [corrupt] + ([Patch(name, states[name][:, pos[-1]], rows=[1], positions=[pos[-1]])] if name else [])
-        final, _ = wb.run_text(ids, patches=patches)
-        dist = (final[1] - clean[0]).norm().item()
-        base = dist if name is None else base
-        if name:
-            lines.append(f"| {name} | {1 - dist / base:.3f} |")
+    prompt, subject = args.prompt, args.subject
+    print(f"{wb}\nstep 1/3: samples of {prompt!r}")
+    images = wb.sample([prompt] * 8, seed=0, progress=True)
+    save_image(grid(images, nrow=8, scale=4), out / "samples.png")
+    print("step 2/3: text-encoder trace (hidden states, noise-prediction proxy)")
+    text = trace_text_encoder(wb, prompt, subject, metric="proxy")
+    text.save(out / "trace_text")
+    save_heatmap(text, out / "trace_text.png")
+    print("step 3/3: UNet trace (cross-attention layers × 4 step windows, proxy)")
+    unet = trace_unet(wb, prompt, subject, layers="attn2", windows=4)
+    unet.save(out / "trace_unet")
+    save_heatmap(unet, out / "trace_unet.png")
+    lines = [f"# Demo: where does {subject!r} live in {wb.name}?", "",
+             f"Prompt: `{prompt}`, subject `{subject}` (tokens {wb.subject_positions(prompt, subject)}).", "",
+             "![samples](samples.png)", "", "## Text encoder", "",
+             "| layer | restore effect at the last subject token |", "|---|---|"]
+    lines += [f"| {r} | {text.effect(r):.3f} |" for r in text.rows]
+    lines += ["", f"Picked: `{text.pick_layers(1)[0]}`", "", "![text trace](trace_text.png)", "", "## UNet", "",
+              "| layer | mean restore effect over step windows |", "|---|---|"]
+    lines += [f"| {r} | {unet.effect(r):.3f} |" for r in unet.rows]
+    lines += ["", f"Picked: `{unet.pick_layers(1)[0]}`", "", "![unet trace](trace_unet.png)", "",
+              f"Total time {time.time() - t0:.0f} s."]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\ndone in {time.time() - t0:.1f} s; report: {report}")
+    print(f"text encoder picks {text.pick_layers(1)[0]}; UNet picks {unet.pick_layers(1)[0]}")
+    print(f"done in {time.time() - t0:.0f} s; report: {report}")
     return 0
 
 
@@ -154,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser("demo", help="run the main job and write a report")
-    p.add_argument("--model", default="tiny", help=MODEL_HELP)
+    p.add_argument("--model", default="toy", help=MODEL_HELP)
+    p.add_argument("--prompt", default="a red circle by vera kolm")
+    p.add_argument("--subject", default="vera kolm")
     p.add_argument("--out", default="out/demo")
     p.set_defaults(func=cmd_demo)
 
