@@ -1,0 +1,62 @@
+"""The closed-form ridge solve shared by Diff-QuickFix, UCE and EMCID stage II.
+
+For a linear map W_old (out × in), edit keys k_e with targets v*_e and preserve keys k_p:
+
+    minimise  s_e Σ_e ‖W k_e − v*_e‖² + s_p Σ_p ‖W k_p − W_old k_p‖² + λ ‖W − W_old‖²_F
+    W = (s_e Σ v*_e k_eᵀ + s_p Σ W_old k_p k_pᵀ + λ W_old) (s_e Σ k_e k_eᵀ + s_p Σ k_p k_pᵀ + λ I)⁻¹
+
+Gram matrices are accumulated in float64 and the system is solved with ``torch.linalg.solve`` (never an
+explicit inverse); the result comes back in W_old's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _finite(name: str, t: torch.Tensor | None) -> None:
+    if t is not None and not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or inf values; nothing was solved")
+
+
+def ridge_solve(w_old: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                preserve_keys: torch.Tensor | None = None, *, lam: float = 0.5, edit_scale: float = 1.0,
+                preserve_scale: float = 1.0, preserve_cov: torch.Tensor | None = None) -> torch.Tensor:
+    """New weights for ``w_old`` (out × in). ``keys`` (n × in) map to ``values`` (n × out).
+
+    ``preserve_keys`` (m × in) keep their old outputs; ``preserve_cov`` (in × in) adds a precomputed
+    Σ k_p k_pᵀ (EMCID's caption covariance) with the same ``preserve_scale``. No edit keys: W_old exactly.
+    """
+    if w_old.ndim != 2:
+        raise ValueError(f"w_old must be a matrix (out × in), got shape {tuple(w_old.shape)}")
+    d_out, d_in = w_old.shape
+    if keys.ndim != 2 or keys.shape[1] != d_in:
+        raise ValueError(f"keys must be (n × {d_in}), got {tuple(keys.shape)}")
+    if values.shape != (keys.shape[0], d_out):
+        raise ValueError(f"values must be ({keys.shape[0]} × {d_out}), got {tuple(values.shape)}")
+    if preserve_keys is not None and (preserve_keys.ndim != 2 or preserve_keys.shape[1] != d_in):
+        raise ValueError(f"preserve_keys must be (m × {d_in}), got {tuple(preserve_keys.shape)}")
+    if lam < 0 or edit_scale < 0 or preserve_scale < 0:
+        raise ValueError("lam, edit_scale and preserve_scale must be >= 0")
+    for name, t in (("w_old", w_old), ("keys", keys), ("values", values), ("preserve_keys", preserve_keys),
+                    ("preserve_cov", preserve_cov)):
+        _finite(name, t)
+    if keys.shape[0] == 0 or edit_scale == 0:
+        return w_old.clone()  # preserve terms alone are solved exactly by W_old
+    w = w_old.double()
+    k, v = keys.double(), values.double()
+    lhs = edit_scale * (k.T @ k) + lam * torch.eye(d_in, dtype=torch.float64, device=w.device)
+    rhs = edit_scale * (v.T @ k) + lam * w
+    cov = torch.zeros_like(lhs)
+    if preserve_keys is not None and preserve_keys.shape[0]:
+        kp = preserve_keys.double()
+        cov = cov + kp.T @ kp
+    if preserve_cov is not None:
+        cov = cov + preserve_cov.double()
+    lhs = lhs + preserve_scale * cov
+    rhs = rhs + preserve_scale * (w @ cov)
+    # W lhs = rhs with lhs symmetric  <=>  lhs Wᵀ = rhsᵀ
+    new = torch.linalg.solve(lhs, rhs.T).T
+    if not torch.isfinite(new).all():
+        raise ValueError("the solve produced NaN or inf (is the system singular? use lam > 0)")
+    return new.to(w_old.dtype)
