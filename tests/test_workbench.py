@@ -152,3 +152,13 @@ def test_random_models_are_seeded(tiny):
     assert not torch.equal(other.parameter(w), tiny.parameter(w))
     with pytest.raises(ValueError, match="unknown arch 'sd3'"):
         Workbench.random("sd3")
+
+
+def test_reading_module_inputs(tiny):
+    ids = tiny.token_ids(["a cat", "a dog"])
+    out_proj = "text.encoder.layers.1.self_attn.out_proj"
+    _, reads = tiny.run_text(ids, read=[out_proj, f"{out_proj}:input", "text.encoder.layers.0"])
+    module = tiny.module(out_proj)
+    assert torch.allclose(module(reads[f"{out_proj}:input"]), reads[out_proj], atol=1e-6)
+    with pytest.raises(ValueError, match="patches overwrite outputs"):
+        tiny.run_text(ids, patches=[Patch(f"{out_proj}:input", 0.0)])

@@ -54,7 +54,8 @@ class Layer:
     kind: str
     part: str  # "text" or "unet"
     path: str  # module path inside the part
-    order: int
+    order: int  # rank of the moment its forward finishes (when .output is served)
+    start: int = -1  # rank of the moment its forward starts (when .input is served)
 
 
 def site_kind(part: str, path: str) -> str | None:
@@ -65,41 +66,48 @@ def site_kind(part: str, path: str) -> str | None:
     return None
 
 
-def execution_order(module: nn.Module, run: callable) -> list[str]:
-    """Module paths in the order their forward *finishes* during ``run()``.
+def execution_order(module: nn.Module, run: callable) -> list[tuple[str, str]]:
+    """(module path, "in" | "out") events in the order they happen during ``run()``.
 
-    nnsight serves ``.output`` values as modules finish, so this is the order a single invoke must
-    touch them in. Plain hooks are used here only because this is a one-off probe before nnsight runs.
+    nnsight serves ``.input`` when a module starts and ``.output`` when it finishes, so this is the order
+    a single invoke must touch them in. Plain hooks are used here only because this is a one-off probe
+    before nnsight runs.
     """
-    finished: list[str] = []
-    seen: set[str] = set()
+    events: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
 
-    def hook(name: str):
-        def _record(_mod, _inp, _out):
-            if name not in seen:
-                seen.add(name)
-                finished.append(name)
+    def record(name: str, when: str):
+        def _hook(*_):
+            if (name, when) not in seen:
+                seen.add((name, when))
+                events.append((name, when))
 
-        return _record
+        return _hook
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules() if n]
+    handles = []
+    for n, m in module.named_modules():
+        if n:
+            handles.append(m.register_forward_pre_hook(record(n, "in")))
+            handles.append(m.register_forward_hook(record(n, "out")))
     try:
         with torch.no_grad():
             run()
     finally:
         for h in handles:
             h.remove()
-    return finished
+    return events
 
 
-def build_table(part: str, module: nn.Module, order: Sequence[str]) -> list[Layer]:
+def build_table(part: str, module: nn.Module, events: Sequence[tuple[str, str]]) -> list[Layer]:
     """Every site of ``module`` with its kind, sorted by execution order (unvisited modules last)."""
-    rank = {path: i for i, path in enumerate(order)}
+    rank = {event: i for i, event in enumerate(events)}
+    end = len(rank)
     layers = []
     for path, _ in module.named_modules():
         kind = site_kind(part, path) if path else None
         if kind is not None:
-            layers.append(Layer(f"{part}.{path}", kind, part, path, rank.get(path, len(rank))))
+            layers.append(Layer(f"{part}.{path}", kind, part, path, rank.get((path, "out"), end),
+                                rank.get((path, "in"), end)))
     return sorted(layers, key=lambda layer: layer.order)
 
 

@@ -32,6 +32,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 TOY_DIR = Path(__file__).parent / "toy" / "weights"
 ARCHES = ("tiny", "sd15", "sd21")
 REQUIRED_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
+INPUT = ":input"
 
 PatchValue = torch.Tensor | float | Callable[[torch.Tensor], torch.Tensor] | Mapping[int, torch.Tensor]
 
@@ -351,7 +352,8 @@ class Workbench:
     def _run(self, part: str, args: tuple, kwargs: dict, read: Sequence[str], patches: Sequence[Patch],
              rows_of: Callable[[Patch], Any] | None = None, step: int | None = None):
         read = list(read)
-        layers = {name: self.layer(name) for name in [*read, *(p.layer for p in patches)]}
+        # "<layer>:input" reads a module's (first) input instead of its output
+        layers = {name: self.layer(name.removesuffix(INPUT)) for name in [*read, *(p.layer for p in patches)]}
         for name, layer in layers.items():
             if layer.part != part:
                 raise ValueError(f"layer {name!r} is in the {layer.part} part, not in {part}")
@@ -360,15 +362,20 @@ class Workbench:
             with torch.no_grad():
                 return module(*args, **kwargs), {}
         model = self._nn[part]
-        order = sorted(layers, key=lambda n: layers[n].order)
+        order = sorted(layers, key=lambda n: layers[n].start if n.endswith(INPUT) else layers[n].order)
         by_layer: dict[str, list[Patch]] = {}
         for p in patches:
+            if p.layer.endswith(INPUT):
+                raise ValueError(f"patch {p.layer!r}: patches overwrite outputs; patch the previous module")
             by_layer.setdefault(p.layer, []).append(p)
         saved: dict[str, Any] = {}
         # One invoke over a stacked batch; nnsight needs modules touched in execution order.
         with torch.no_grad(), model.trace(*args, **kwargs):
             for name in order:
                 envoy = model.get(layers[name].path)
+                if name.endswith(INPUT):
+                    saved[name] = nnsight.save(envoy.input.clone())
+                    continue
                 for p in by_layer.get(name, ()):
                     _write(envoy.output, p, rows_of(p) if rows_of else None, step)
                 if name in read:
@@ -378,7 +385,9 @@ class Workbench:
 
     def run_text(self, input_ids: torch.Tensor, read: Sequence[str] = (), patches: Sequence[Patch] = ()
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Text-encoder forward; returns (last hidden states (B, T, D), {layer: output read})."""
+        """Text-encoder forward; returns (last hidden states (B, T, D), {layer: output read}).
+
+        A read named ``"<layer>:input"`` returns that module's first input instead of its output."""
         out, saved = self._run("text", (input_ids.to(self.device),), {}, read, patches)
         return out.last_hidden_state, saved
 

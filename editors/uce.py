@@ -1,0 +1,152 @@
+"""UCE, Unified Concept Editing (Gandikota et al. 2023): closed-form edits of cross-attention key/value
+projections. Erase (v* = W c_guide), moderate (v* = W c_""), debias (v* = W (c + Σ α_a a), α found by
+generating and measuring), with a preserve set whose outputs must stay.
+
+Keys are text-encoder outputs at the concept's last token (UCE's second release; ``tokens="to_end"``
+takes the last subject token through the end-of-text/padding positions, as its first release did).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from workbench import WeightDelta, Workbench
+
+from .solve import ridge_solve
+
+
+@dataclass
+class UCERequest:
+    """What to change. Concepts are prompts/phrases in the model's vocabulary."""
+
+    erase: list[str] = field(default_factory=list)
+    guides: list[str] | None = None  # one per erased concept; "" (the empty prompt) by default
+    moderate: list[str] = field(default_factory=list)  # mapped to the empty prompt
+    debias: dict[str, dict[str, float]] = field(default_factory=dict)  # concept -> {attribute: ratio}
+    preserve: list[str] = field(default_factory=list)
+    lam: float = 0.5
+    erase_scale: float = 1.0
+    preserve_scale: float = 1.0
+    tokens: str = "last"  # or "to_end"
+
+    def __post_init__(self) -> None:
+        if not (self.erase or self.moderate or self.debias):
+            raise ValueError("empty UCE request: give concepts to erase, moderate or debias")
+        if self.guides is not None and len(self.guides) != len(self.erase):
+            raise ValueError(f"{len(self.guides)} guide concepts for {len(self.erase)} erased concepts")
+        if self.tokens not in ("last", "to_end"):
+            raise ValueError(f"tokens must be 'last' or 'to_end', got {self.tokens!r}")
+
+
+def kv_parameters(wb: Workbench, layers: Sequence[str] | None) -> list[str]:
+    """Weight names of the cross-attention key/value projections to edit (all ``attn2`` by default)."""
+    if layers is None:
+        layers = wb.layers("attn2")
+    names = []
+    for layer in layers:
+        kind = wb.layer(layer).kind
+        if kind == "attn2":
+            names += [f"{layer}.to_k.weight", f"{layer}.to_v.weight"]
+        elif kind in ("to_k", "to_v"):
+            names.append(f"{layer}.weight")
+        else:
+            raise ValueError(f"UCE edits cross-attention key/value projections; layer {layer!r} is a {kind!r} "
+                             f"layer (give attn2, to_k or to_v layers)")
+    if not names:
+        raise ValueError("no layers to edit")
+    return names
+
+
+def concept_keys(wb: Workbench, concepts: Sequence[str], tokens: str = "last") -> list[torch.Tensor]:
+    """Text-encoder outputs for each concept: (1, D) at its last token, or (n, D) through the end."""
+    if not concepts:
+        return []
+    states = wb.encode(list(concepts))
+    out = []
+    for i, c in enumerate(concepts):
+        last = wb.subject_positions(c, c)[-1] if c.strip() else 0  # "" -> the start token (UCE v2)
+        out.append(states[i, last:] if tokens == "to_end" else states[i, last:last + 1])
+    return out
+
+
+def _pairs(keys: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (key, target-key) rows; spans are trimmed to equal length (UCE v1)."""
+    ks, ts = [], []
+    for k, t in zip(keys, targets, strict=True):
+        n = min(len(k), len(t))
+        ks.append(k[:n])
+        ts.append(t[:n])
+    return torch.cat(ks), torch.cat(ts)
+
+
+def _solve_all(wb: Workbench, params: list[str], keys: torch.Tensor, targets: torch.Tensor,
+               preserve: torch.Tensor | None, req: UCERequest) -> dict[str, torch.Tensor]:
+    new = {}
+    for name in params:
+        w = wb.parameter(name).detach()
+        values = targets.to(w) @ w.T  # v* = W_old c_target
+        new[name] = ridge_solve(w, keys.to(w), values, preserve, lam=req.lam, edit_scale=req.erase_scale,
+                                preserve_scale=req.preserve_scale)
+    return new
+
+
+def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None, *,
+        attribute_scorer: Callable[[torch.Tensor], torch.Tensor] | None = None, debias_samples: int = 32,
+        max_rounds: int = 30, tolerance: float = 0.05, seed: int = 0, progress: bool = True) -> WeightDelta:
+    """Edit ``to_k``/``to_v`` of the given ``attn2`` layers (all by default) and return the WeightDelta.
+
+    Debiasing needs ``attribute_scorer(images) -> (B, n_attributes)`` probabilities in the order of the
+    request's attribute dict; α is raised by the measured gap each round (as UCE does) until every gap is
+    below ``tolerance`` or ``max_rounds`` is reached.
+    """
+    req = request
+    params = kv_parameters(wb, layers)
+    guides = req.guides if req.guides is not None else [""] * len(req.erase)
+    sources = list(req.erase) + list(req.moderate)
+    targets = list(guides) + [""] * len(req.moderate)
+    keys_src = concept_keys(wb, sources, req.tokens)
+    keys_tgt = concept_keys(wb, targets, req.tokens)
+    pres = concept_keys(wb, req.preserve, req.tokens)
+    preserve = torch.cat(pres) if pres else None
+    keys, target_keys = _pairs(keys_src, keys_tgt) if sources else (None, None)
+    meta = {"method": "uce", "request": asdict(req), "parameters": params}
+
+    if not req.debias:
+        return WeightDelta.capture(wb, _solve_all(wb, params, keys, target_keys, preserve, req), **meta)
+
+    if attribute_scorer is None:
+        raise ValueError("debiasing needs attribute_scorer=<callable images -> attribute probabilities>")
+    concepts = list(req.debias)
+    attrs = {c: list(req.debias[c]) for c in concepts}
+    c_keys = {c: concept_keys(wb, [c], "last")[0] for c in concepts}
+    a_keys = {c: torch.cat(concept_keys(wb, attrs[c], "last")) for c in concepts}
+    alpha = {c: torch.zeros(len(attrs[c])) for c in concepts}
+    history = []
+    delta = None
+    bar = tqdm(range(max_rounds), desc="uce debias", disable=not progress, leave=False)
+    for round_ in bar:
+        debias_targets = [c_keys[c] + (alpha[c][:, None] * a_keys[c]).sum(0, keepdim=True) for c in concepts]
+        all_keys = torch.cat([k for k in (keys, *[c_keys[c] for c in concepts]) if k is not None])
+        all_targets = torch.cat([t for t in (target_keys, *debias_targets) if t is not None])
+        delta = WeightDelta.capture(wb, _solve_all(wb, params, all_keys, all_targets, preserve, req), **meta)
+        gaps = {}
+        with delta.applied(wb):
+            for c in concepts:
+                images = wb.sample([c] * debias_samples, seed=seed + 1000 * round_, batch_size=debias_samples)
+                ratios = attribute_scorer(images).float().mean(0)
+                want = torch.tensor([req.debias[c][a] for a in attrs[c]])
+                gaps[c] = want - ratios
+        history.append({c: {"ratios": (torch.tensor([req.debias[c][a] for a in attrs[c]]) - g).tolist(),
+                            "alpha": alpha[c].tolist()} for c, g in gaps.items()})
+        bar.set_postfix(gap=max(float(g.abs().max()) for g in gaps.values()))
+        if all(float(g.abs().max()) < tolerance for g in gaps.values()):
+            break
+        for c in concepts:
+            alpha[c] = alpha[c] + gaps[c]
+    delta.metadata["debias_history"] = history
+    delta.metadata["debias_rounds"] = len(history)
+    return delta
