@@ -1,0 +1,94 @@
+"""Diff-QuickFix (Basu et al. 2023): a closed-form edit of one text-encoder self-attention output
+projection, the causal state tracing finds (layer 0 in SD's CLIP).
+
+Keys are ``out_proj``'s inputs at the last subject token of source captions; values are its outputs at
+the last token of the matching target captions. The bias is left alone: targets have it subtracted, so the
+edited map W k + b hits them exactly where the solve does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from workbench import WeightDelta, Workbench
+
+from .solve import ridge_solve
+
+TEMPLATES = ["{}", "a picture of {}", "a photo of {}", "an image of {}"]
+
+
+@dataclass
+class QuickFixRequest:
+    """Make each ``source`` concept behave like its ``target`` (e.g. an artist -> "a painting")."""
+
+    sources: list[str]
+    targets: list[str]
+    templates: list[str] = field(default_factory=lambda: list(TEMPLATES))
+    lam: float = 0.01
+    eos: bool = False  # also map the positions after the subject through end-of-text / padding
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("empty QuickFix request: give at least one source concept")
+        if len(self.sources) != len(self.targets):
+            raise ValueError(f"{len(self.sources)} sources but {len(self.targets)} targets")
+        if not self.templates or any("{}" not in t for t in self.templates):
+            raise ValueError("templates must each contain '{}' where the concept goes")
+
+
+def out_proj_layer(wb: Workbench, layer: str | None) -> str:
+    """The ``self_attn.out_proj`` to edit, from a text layer name (``text.encoder.layers.i``, its
+    ``self_attn`` or its ``out_proj``) or None (layer 0)."""
+    if layer is None:
+        return wb.layers("out_proj")[0]
+    kind = wb.layer(layer).kind
+    if kind == "out_proj":
+        return layer
+    if kind == "self_attn":
+        return f"{layer}.out_proj"
+    if kind == "hidden":
+        return f"{layer}.self_attn.out_proj"
+    raise ValueError(f"Diff-QuickFix edits a text-encoder self-attention output projection; layer {layer!r} is a "
+                     f"{kind!r} layer (give text.encoder.layers.i, its self_attn or its out_proj)")
+
+
+def _states(wb: Workbench, layer: str, prompts: list[str], subjects: list[str], eos: bool):
+    ids = wb.token_ids(prompts)
+    _, reads = wb.run_text(ids, read=[f"{layer}:input", layer])
+    keys, outs = [], []
+    for i, (p, s) in enumerate(zip(prompts, subjects, strict=True)):
+        last = wb.subject_positions(p, s)[-1]
+        span = slice(last, None) if eos else slice(last, last + 1)
+        keys.append(reads[f"{layer}:input"][i, span])
+        outs.append(reads[layer][i, span])
+    return keys, outs
+
+
+def quickfix(wb: Workbench, request: QuickFixRequest, layers: Sequence[str] | None = None) -> WeightDelta:
+    """Edit one text-encoder ``out_proj`` (the first of ``layers``; layer 0 by default)."""
+    req = request
+    if layers is not None and len(layers) != 1:
+        raise ValueError(f"Diff-QuickFix edits a single layer; got {len(layers)}: {list(layers)}")
+    layer = out_proj_layer(wb, layers[0] if layers else None)
+    src_prompts = [t.format(s) for s in req.sources for t in req.templates]
+    tgt_prompts = [t.format(d) for d in req.targets for t in req.templates]
+    src_subjects = [s for s in req.sources for _ in req.templates]
+    tgt_subjects = [d for d in req.targets for _ in req.templates]
+    keys, _ = _states(wb, layer, src_prompts, src_subjects, req.eos)
+    _, values = _states(wb, layer, tgt_prompts, tgt_subjects, req.eos)
+    k, v = [], []
+    for a, b in zip(keys, values, strict=True):  # spans trimmed to equal length when eos=True
+        n = min(len(a), len(b))
+        k.append(a[:n])
+        v.append(b[:n])
+    k, v = torch.cat(k), torch.cat(v)
+    module = wb.module(layer)
+    bias = module.bias.detach() if module.bias is not None else torch.zeros(module.out_features)
+    w_name = f"{layer}.weight"
+    w = wb.parameter(w_name).detach()
+    new = ridge_solve(w, k.to(w), (v - bias).to(w), lam=req.lam)
+    return WeightDelta.capture(wb, {w_name: new}, method="quickfix", request=asdict(req), layer=layer,
+                               pairs=int(k.shape[0]))
