@@ -1,0 +1,283 @@
+"""Train the toy text-to-image model (word-level tokenizer + small CLIP text encoder + small UNet).
+
+Recipe from research round 3: text reaches the UNet only through cross-attention, latent is an
+exact pixel-unshuffle(4) of the image, cosine schedule, v-prediction, min-SNR-5 weighting, EMA.
+
+    python -m workbench.toy.train --steps 6000 --out workbench/toy/weights [--resume] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import os
+
+# Short OpenMP spin before sleeping: with the default policy, two torch threads on two shared cores
+# slowed ~10x whenever another process ran (measured); must be set before torch loads libgomp.
+os.environ.setdefault("GOMP_SPINCOUNT", "2000")
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+from tokenizers.processors import TemplateProcessing
+from tqdm import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+from workbench.toy import world
+
+BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
+MAX_LENGTH = world.MAX_WORDS + 2
+FACTOR = 4  # pixel-unshuffle factor: 3x32x32 image <-> 48x8x8 latent
+GUIDANCE = 1.5
+SAMPLE_STEPS = 20
+NUM_TRAIN_TIMESTEPS = 1000
+DEFAULT_RUN_DIR = Path("runs/toy")
+
+
+# ---------------------------------------------------------------- model construction
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the toy vocabulary; padding uses the EOS id as in SD-1.x."""
+    # EOS must not get id 2: CLIPTextModel treats eos_token_id == 2 as a legacy config and pools
+    # at the argmax token id instead of the first EOS.
+    specials = [BOS, EOS, UNK]
+    vocab = {tok: i for i, tok in enumerate(specials + world.vocabulary())}
+    tok = Tokenizer(WordLevel(vocab, unk_token=UNK))
+    tok.pre_tokenizer = WhitespaceSplit()
+    tok.post_processor = TemplateProcessing(
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK,
+                                   pad_token=EOS, model_max_length=MAX_LENGTH)
+
+
+def build_text_encoder(tokenizer: PreTrainedTokenizerFast) -> CLIPTextModel:
+    cfg = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=4, max_position_embeddings=MAX_LENGTH, projection_dim=128,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    return CLIPTextModel(cfg)
+
+
+def build_unet() -> UNet2DConditionModel:
+    # Cross-attention at 4x4 and in the mid block only; class_embed_type=None so text enters
+    # only through cross-attention, which research round 3 found learns hazard much faster.
+    return UNet2DConditionModel(
+        sample_size=world.IMAGE_SIZE // FACTOR, in_channels=3 * FACTOR**2, out_channels=3 * FACTOR**2,
+        block_out_channels=(64, 128), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        cross_attention_dim=128, attention_head_dim=32, class_embed_type=None)
+
+
+def scheduler_kwargs() -> dict:
+    return dict(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2",
+                prediction_type="v_prediction")
+
+
+def build_sampling_scheduler() -> DDIMScheduler:
+    # clip_sample is valid here: the latent is an exact rearrangement of pixels in [-1, 1].
+    return DDIMScheduler(**scheduler_kwargs(), timestep_spacing="trailing", clip_sample=True,
+                         set_alpha_to_one=False)
+
+
+def encode_images(images_uint8: np.ndarray) -> torch.Tensor:
+    """uint8 (B,32,32,3) -> latent (B,48,8,8) in [-1,1]."""
+    x = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return F.pixel_unshuffle(x, FACTOR)
+
+
+def decode_latents(latents: torch.Tensor) -> torch.Tensor:
+    """latent (B,48,8,8) -> image (B,3,32,32) in [0,1]."""
+    return ((F.pixel_shuffle(latents, FACTOR) + 1.0) / 2.0).clamp(0, 1)
+
+
+# ---------------------------------------------------------------- training pieces
+
+
+def lr_factor(step: int, total: int, warmup: int = 200, floor: float = 0.02) -> float:
+    """Linear warm-up then cosine decay to `floor`, by step count so runs are reproducible."""
+    if step < warmup:
+        return (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def training_batch(seed: int, step: int, batch: int, tokenizer: PreTrainedTokenizerFast,
+                   cfg_dropout: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, latents) for one step; derived from (seed, step) so resuming needs no rng state."""
+    rng = np.random.default_rng([seed, step])
+    prompts, images, _ = world.sample_batch(rng, batch)
+    prompts = ["" if rng.random() < cfg_dropout else p for p in prompts]
+    ids = tokenizer(prompts, padding="max_length", max_length=MAX_LENGTH, truncation=True,
+                    return_tensors="pt").input_ids
+    return ids, encode_images(images)
+
+
+def diffusion_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, sched: DDPMScheduler,
+                   ids: torch.Tensor, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """v-prediction MSE with min-SNR-5 weights, min(SNR,5)/(SNR+1)."""
+    b = x0.shape[0]
+    t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    xt = sched.add_noise(x0, noise, t)
+    target = sched.get_velocity(x0, noise, t)
+    cond = text_encoder(ids).last_hidden_state
+    pred = unet(xt, t, encoder_hidden_states=cond).sample
+    ac = sched.alphas_cumprod[t]
+    snr = ac / (1 - ac)
+    w = torch.clamp(snr, max=5.0) / (snr + 1)
+    per = ((pred - target) ** 2).mean(dim=(1, 2, 3))
+    return (w * per).mean()
+
+
+def _named_params(unet: torch.nn.Module, te: torch.nn.Module) -> dict[str, torch.Tensor]:
+    out = {f"unet.{k}": v for k, v in unet.state_dict().items()}
+    out.update({f"text_encoder.{k}": v for k, v in te.state_dict().items()})
+    return out
+
+
+def _load_named(unet: torch.nn.Module, te: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    unet.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("unet.")})
+    te.load_state_dict({k[13:]: v for k, v in sd.items() if k.startswith("text_encoder.")})
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir: Path, step: int, args: argparse.Namespace, models: tuple,
+                    ema_models: tuple, opt: torch.optim.Optimizer, losses: list[float]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_save(_named_params(*models), run_dir / "model.safetensors")
+    _atomic_save(_named_params(*ema_models), run_dir / "ema.safetensors")
+    # Optimizer state is our own file inside the run folder, so torch.save is acceptable here.
+    torch.save(opt.state_dict(), run_dir / "optimizer.pt.tmp")
+    os.replace(run_dir / "optimizer.pt.tmp", run_dir / "optimizer.pt")
+    state = {"step": step, "steps": args.steps, "seed": args.seed, "batch": args.batch,
+             "recent_loss": float(np.mean(losses[-100:])) if losses else None}
+    (run_dir / "state.tmp").write_text(json.dumps(state))
+    os.replace(run_dir / "state.tmp", run_dir / "state.json")
+
+
+def export(out: Path, tokenizer: PreTrainedTokenizerFast, unet: UNet2DConditionModel,
+           te: CLIPTextModel, guidance: float = GUIDANCE) -> None:
+    """Write diffusers/transformers-format weights plus workbench.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    te.save_pretrained(out / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(out / "tokenizer")
+    build_sampling_scheduler().save_pretrained(out / "scheduler")
+    meta = {"autoencoder": {"type": "pixel_unshuffle", "factor": FACTOR},
+            "image_size": world.IMAGE_SIZE, "guidance": guidance, "steps": SAMPLE_STEPS}
+    (out / "workbench.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+@torch.no_grad()
+def sample(unet: UNet2DConditionModel, te: CLIPTextModel, tokenizer: PreTrainedTokenizerFast,
+           prompts: list[str], seed: int = 0, guidance: float = GUIDANCE,
+           steps: int = SAMPLE_STEPS) -> torch.Tensor:
+    """Minimal CFG DDIM sampler for checks; returns images (B,3,32,32) in [0,1]."""
+    sched = build_sampling_scheduler()
+    sched.set_timesteps(steps)
+    n = len(prompts)
+    ids = tokenizer(prompts + [""] * n, padding="max_length", max_length=MAX_LENGTH, truncation=True,
+                    return_tensors="pt").input_ids
+    emb = te(ids).last_hidden_state
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, 3 * FACTOR**2, 8, 8), generator=gen)
+    for t in sched.timesteps:
+        v = unet(torch.cat([x, x]), t, encoder_hidden_states=emb).sample
+        cond, unc = v[:n], v[n:]
+        x = sched.step(unc + guidance * (cond - unc), t, x).prev_sample
+    return decode_latents(x)
+
+
+# ---------------------------------------------------------------- main loop
+
+
+def train(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    run_dir = Path(args.run_dir)
+    tokenizer = build_tokenizer()
+    te, unet = build_text_encoder(tokenizer), build_unet()
+    ema_te, ema_unet = build_text_encoder(tokenizer), build_unet()
+    ema_te.load_state_dict(te.state_dict())
+    ema_unet.load_state_dict(unet.state_dict())
+    for m in (ema_te, ema_unet):
+        m.requires_grad_(False).eval()
+    params = list(unet.parameters()) + list(te.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    start = 0
+    if args.resume and (run_dir / "state.json").exists():
+        state = json.loads((run_dir / "state.json").read_text())
+        _load_named(unet, te, load_file(str(run_dir / "model.safetensors")))
+        _load_named(ema_unet, ema_te, load_file(str(run_dir / "ema.safetensors")))
+        opt.load_state_dict(torch.load(run_dir / "optimizer.pt", weights_only=True))
+        start = int(state["step"])
+        print(f"resumed from step {start}", flush=True)
+    sched = DDPMScheduler(**scheduler_kwargs())
+    ema_params = list(ema_unet.parameters()) + list(ema_te.parameters())
+    unet.train()
+    te.train()
+    losses: list[float] = []
+    t0 = time.time()
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, mininterval=5, smoothing=0.05)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = args.lr * lr_factor(step, args.steps)
+        ids, x0 = training_batch(args.seed, step, args.batch, tokenizer)
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        loss = diffusion_loss(unet, te, sched, ids, x0, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - args.ema)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        done = step + 1
+        if done % args.ckpt_every == 0 or done == args.steps:
+            save_checkpoint(run_dir, done, args, (unet, te), (ema_unet, ema_te), opt, losses)
+            rate = (done - start) / (time.time() - t0)
+            print(f"\nstep {done} loss {np.mean(losses[-100:]):.4f} {rate:.2f} steps/s", flush=True)
+    ema_unet.eval()
+    ema_te.eval()
+    export(Path(args.out), tokenizer, ema_unet, ema_te)
+    print(f"exported EMA weights to {args.out}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Train the toy text-to-image model.")
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--out", default="workbench/toy/weights")
+    ap.add_argument("--run-dir", default=str(DEFAULT_RUN_DIR), help="checkpoint folder (git-ignored)")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--ema", type=float, default=0.995)
+    ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--threads", type=int, default=2)
+    train(ap.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
