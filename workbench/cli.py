@@ -107,6 +107,70 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_edit(args: argparse.Namespace) -> int:
+    from editors import QuickFixRequest, UCERequest, quickfix, uce
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out!r} exists; pass --overwrite or pick another path")
+    wb = _load(args.model)
+    layers = args.layer or None
+    if args.trace:
+        from tracing import TraceResult
+
+        layers = TraceResult.load(args.trace).pick_layers(args.top)
+        print(f"layers picked by {args.trace}: {layers}")
+    if args.method == "uce":
+        debias = {}
+        for spec in args.debias or []:  # "doctor:warm=0.5,cool=0.5"
+            concept, _, ratios = spec.partition(":")
+            debias[concept] = {k: float(v) for k, v in (r.split("=") for r in ratios.split(","))}
+        request = UCERequest(erase=args.erase or [], guides=args.guide, moderate=args.moderate or [],
+                             debias=debias, preserve=args.preserve or [], lam=args.lam if args.lam is not None
+                             else 0.5, erase_scale=args.erase_scale, preserve_scale=args.preserve_scale)
+        scorer = None
+        if debias:
+            if args.model != "toy":
+                raise ValueError("--debias from the CLI needs the toy world's attribute scorer (--model toy)")
+            from .toy import classifier
+
+            def scorer(images):
+                return classifier.score(images)["attribute"]
+        delta = uce(wb, request, layers, attribute_scorer=scorer)
+    else:
+        if not args.erase or not args.target:
+            raise ValueError("quickfix needs --erase SOURCE and --target TARGET (one target per source)")
+        request = QuickFixRequest(args.erase, args.target, lam=args.lam if args.lam is not None else 0.01,
+                                  eos=args.eos)
+        delta = quickfix(wb, request, layers)
+    delta.save(args.out)
+    print(f"{delta}\nwrote {args.out}")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from .delta import WeightDelta
+
+    wb = _load(args.model)
+    delta = WeightDelta.load(args.delta)
+    folder = delta.export(wb, args.out, overwrite=args.overwrite)
+    print(f"wrote the edited model to {folder} (loads with StableDiffusionPipeline.from_pretrained)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .delta import WeightDelta
+    from .evaluate import evaluate
+
+    wb = _load(args.model)
+    delta = WeightDelta.load(args.delta)
+    report = evaluate(wb, delta, args.concept, holdouts=args.holdout or [], aliases=args.alias or [],
+                      unrelated=args.unrelated or [], samples=args.samples, seed=args.seed)
+    print(report.markdown())
+    if args.json:
+        print(f"wrote {report.save_json(args.json)}")
+    return 0
+
+
 def cmd_toy(args: argparse.Namespace) -> int:
     commands = {"train": "train", "check": "check"}
     if not args.rest or args.rest[0] not in commands:
@@ -155,6 +219,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, help="how many picked layers to print")
     p.add_argument("--out", default="out/trace")
     p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("edit", help="closed-form edits: uce or quickfix; writes a WeightDelta")
+    p.add_argument("method", choices=["uce", "quickfix"])
+    p.add_argument("--model", default="toy", help=MODEL_HELP)
+    p.add_argument("--erase", action="append", help="concept to erase (quickfix: source concept); repeatable")
+    p.add_argument("--guide", action="append", help="uce: guide concept per --erase (default the empty prompt)")
+    p.add_argument("--target", action="append", help="quickfix: what each source should become")
+    p.add_argument("--moderate", action="append", help="uce: unsafe concept mapped to the empty prompt")
+    p.add_argument("--debias", action="append", help="uce: CONCEPT:attr=ratio,attr=ratio")
+    p.add_argument("--preserve", action="append", help="uce: concept whose outputs must stay")
+    p.add_argument("--layer", action="append", help="layer to edit (default: the method's own)")
+    p.add_argument("--trace", help="a trace result folder: edit the layers it picks")
+    p.add_argument("--top", type=int, default=1, help="with --trace: how many picked layers")
+    p.add_argument("--lam", type=float)
+    p.add_argument("--erase-scale", type=float, default=1.0)
+    p.add_argument("--preserve-scale", type=float, default=1.0)
+    p.add_argument("--eos", action="store_true", help="quickfix: also map positions through end-of-text")
+    p.add_argument("--out", default="delta.safetensors")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("apply", help="write a model folder with a delta applied")
+    p.add_argument("--model", default="toy", help=MODEL_HELP)
+    p.add_argument("--delta", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("evaluate", help="rates of edited, alias, held-out and unrelated concepts before/after")
+    p.add_argument("--model", default="toy", help=MODEL_HELP)
+    p.add_argument("--delta", required=True)
+    p.add_argument("--concept", action="append", required=True)
+    p.add_argument("--holdout", action="append")
+    p.add_argument("--alias", action="append")
+    p.add_argument("--unrelated", action="append")
+    p.add_argument("--samples", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="run the main job and write a report")
     p.add_argument("--model", default="toy", help=MODEL_HELP)
