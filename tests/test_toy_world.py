@@ -183,3 +183,19 @@ def test_score_returns_probabilities() -> None:
     for head, p in out.items():
         assert p.shape == (3, len(classifier.HEADS[head]))
         assert torch.allclose(p.sum(1), torch.ones(3), atol=1e-5)
+
+
+@pytest.mark.skipif(not (SCORER.parent / "tokenizer").exists(), reason="toy model not exported yet")
+def test_exported_tokenizer_and_config() -> None:
+    import json
+
+    from transformers import PreTrainedTokenizerFast
+
+    weights = SCORER.parent
+    tok = PreTrainedTokenizerFast.from_pretrained(weights / "tokenizer")
+    assert tok("zzqx").input_ids[1] == tok.unk_token_id
+    assert tok.pad_token_id == tok.eos_token_id and tok.model_max_length == 16
+    meta = json.loads((weights / "workbench.json").read_text())
+    assert meta["autoencoder"] == {"type": "pixel_unshuffle", "factor": 4} and meta["image_size"] == 32
+    size = sum(p.stat().st_size for p in weights.rglob("*") if p.is_file())
+    assert size <= 25 * 2**20
