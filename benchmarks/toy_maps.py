@@ -50,7 +50,7 @@ def family_prompts(n: int, seed: int = 4242) -> dict[str, list[tuple[str, str]]]
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=10)
-    ap.add_argument("--samples", type=int, default=10)
+    ap.add_argument("--samples", type=int, default=5)
     ap.add_argument("--out", default="out/toy_maps")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -59,42 +59,46 @@ def main() -> None:
     wb = Workbench.toy()
     summary = {}
     for family, pairs in family_prompts(args.prompts).items():
-        maps: dict[str, list[TraceResult]] = {"text-proxy": [], "text-faithful": [], "unet-proxy": [],
-                                              "unet-faithful": []}
+        maps: dict[str, list[TraceResult]] = {k: [] for k in ("text-map", "unet-map", "text-proxy", "text-faithful",
+                                                               "unet-proxy", "unet-faithful")}
         for prompt, subject in pairs:
             scorer = concept_scorer(subject)
             common = dict(samples=args.samples, progress=False)
-            maps["text-proxy"].append(trace_text_encoder(wb, prompt, subject, metric="proxy", **common))
+            last = [wb.subject_positions(prompt, subject)[-1]]
+            # full maps (proxy) for the family picture
+            maps["text-map"].append(trace_text_encoder(wb, prompt, subject, metric="proxy", **common))
+            maps["unet-map"].append(trace_unet(wb, prompt, subject, windows=4, metric="proxy", **common))
+            # proxy vs faithful on the same cells: text states at the last subject token, UNet layers (all steps)
+            maps["text-proxy"].append(trace_text_encoder(wb, prompt, subject, metric="proxy", tokens=last, **common))
             maps["text-faithful"].append(trace_text_encoder(wb, prompt, subject, metric="faithful", scorer=scorer,
-                                                            **common))
-            maps["unet-proxy"].append(trace_unet(wb, prompt, subject, windows=4, metric="proxy", **common))
-            maps["unet-faithful"].append(trace_unet(wb, prompt, subject, windows=4, metric="faithful",
-                                                    scorer=scorer, **common))
+                                                            tokens=last, **common))
+            maps["unet-proxy"].append(trace_unet(wb, prompt, subject, metric="proxy", **common))
+            maps["unet-faithful"].append(trace_unet(wb, prompt, subject, metric="faithful", scorer=scorer, **common))
         fam = {}
         for part in ("text", "unet"):
+            avg = TraceResult.average(maps[f"{part}-map"])
+            avg.save(out / f"{family}-{part}")
+            save_heatmap(avg, out / f"{family}-{part}.png")
+            fam[f"{part}_top"] = avg.pick_layers(2, by="max" if part == "text" else "mean")
+            fam[f"{part}_map"] = [[round(float(v), 3) for v in row] for row in avg.scores]
+            fam[f"{part}_cols"] = avg.cols
             proxy, faithful = maps[f"{part}-proxy"], maps[f"{part}-faithful"]
-            rho = [spearman(p.ranking(), f.ranking()) for p, f in zip(proxy, faithful, strict=True)]
-            cells = [spearman(p.scores, f.scores) for p, f in zip(proxy, faithful, strict=True)]
-            cost = sum(p.seconds for p in proxy) / sum(f.seconds for f in faithful)
-            for metric, results in (("proxy", proxy), ("faithful", faithful)):
-                avg = TraceResult.average(results)
-                avg.save(out / f"{family}-{part}-{metric}")
-                save_heatmap(avg, out / f"{family}-{part}-{metric}.png")
-                if metric == "proxy":
-                    fam[f"{part}_top"] = avg.pick_layers(2, by="max" if part == "text" else "mean")
-                    fam[f"{part}_map"] = [[round(float(v), 3) for v in row] for row in avg.scores]
-                    fam[f"{part}_cols"] = avg.cols
+            rho = [spearman(p.scores.flatten(), f.scores.flatten()) for p, f in zip(proxy, faithful, strict=True)]
             fam[f"{part}_spearman_layers"] = float(np.nanmean(rho))
-            fam[f"{part}_spearman_cells"] = float(np.nanmean(cells))
-            fam[f"{part}_proxy_cost_ratio"] = cost
+            fam[f"{part}_proxy_cost_ratio"] = sum(p.seconds for p in proxy) / sum(f.seconds for f in faithful)
             fam[f"{part}_faithful_clean_corrupted"] = [float(np.mean([f.clean for f in faithful])),
                                                       float(np.mean([f.corrupted for f in faithful]))]
+            fam[f"{part}_faithful_layer_effects"] = [round(float(v), 3) for v in
+                                                     TraceResult.average(faithful).scores.flatten()]
+            fam[f"{part}_proxy_layer_effects"] = [round(float(v), 3) for v in
+                                                  TraceResult.average(proxy).scores.flatten()]
         summary[family] = fam
         print(f"{family:7s} text top {fam['text_top']}, unet top {fam['unet_top']}")
         for part in ("text", "unet"):
-            print(f"        {part}: spearman layers {fam[f'{part}_spearman_layers']:.2f}, cells "
-                  f"{fam[f'{part}_spearman_cells']:.2f}, proxy cost {fam[f'{part}_proxy_cost_ratio']:.3f} of "
-                  f"faithful; faithful clean/corrupted {fam[f'{part}_faithful_clean_corrupted']}")
+            print(f"        {part}: spearman(proxy, faithful) over layers {fam[f'{part}_spearman_layers']:.2f}, "
+                  f"proxy cost {fam[f'{part}_proxy_cost_ratio']:.3f} of faithful; faithful clean/corrupted "
+                  f"{fam[f'{part}_faithful_clean_corrupted']}; proxy {fam[f'{part}_proxy_layer_effects']} "
+                  f"faithful {fam[f'{part}_faithful_layer_effects']}")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {out}/summary.json and heatmaps")
 
