@@ -5,7 +5,7 @@
    speed-up (target >= 5x).
 2. The full text-encoder map of a 16-token prompt on the sd15-shaped text encoder (time).
 
-    python benchmarks/tracing.py [--arch tiny] [--samples 10]
+    python benchmarks/trace_speed.py [--arch tiny] [--samples 10]
 """
 
 from __future__ import annotations
