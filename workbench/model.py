@@ -209,7 +209,9 @@ class Workbench:
         if not (TOY_DIR / "unet").is_dir():
             raise FileNotFoundError(f"toy-world weights are missing at {TOY_DIR}; train them with "
                                     f"`workbench toy train`")
-        return cls.from_pretrained(TOY_DIR, device=device, dtype=dtype)
+        wb = cls.from_pretrained(TOY_DIR, device=device, dtype=dtype)
+        wb.name = "toy"
+        return wb
 
     @classmethod
     def load(cls, model: str, **kw) -> Workbench:
