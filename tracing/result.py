@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,6 +11,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from workbench.files import atomic_write
 
 # ROME's token categories, used to average text-encoder maps over prompts of different lengths.
 TOKEN_GROUPS = ["first subject", "middle subject", "last subject", "first after", "further tokens", "last token"]
@@ -130,8 +131,8 @@ class TraceResult:
         tensors = {"scores": self.scores.float().contiguous()}
         if self.spread is not None:
             tensors["spread"] = self.spread.float().contiguous()
-        _atomic(folder / "scores.safetensors", lambda p: save_file(tensors, p))
-        _atomic(folder / "result.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2, default=str)))
+        atomic_write(folder / "scores.safetensors", lambda p: save_file(tensors, p))
+        atomic_write(folder / "result.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2, default=str)))
         return folder
 
     @classmethod
@@ -160,13 +161,3 @@ def _nanstd(stack: torch.Tensor) -> torch.Tensor:
     mean = stack.nanmean(0, keepdim=True)
     return ((stack - mean) ** 2).nanmean(0).sqrt()
 
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .files import atomic_write
 from .model import tensor_bytes
 
 if TYPE_CHECKING:
@@ -125,18 +125,8 @@ class WeightDelta:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """safetensors with the metadata as JSON in the header; written atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = {"workbench_delta": json.dumps({"base": self.base, "metadata": self.metadata}, default=str)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(self.tensors, tmp, metadata=header)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda tmp: save_file(self.tensors, tmp, metadata=header))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> WeightDelta:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .delta import WeightDelta
+from .files import atomic_write
 from .model import Workbench
 
 ConceptScorer = Callable[[str], Callable[[torch.Tensor], torch.Tensor]]  # concept -> images -> P(concept)
@@ -62,12 +63,7 @@ class EvalReport:
                 "rates": [{**asdict(r), "change": r.change, "relative_drop": r.relative_drop} for r in self.rates]}
 
     def save_json(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(self.to_dict(), indent=2)))
 
     def markdown(self) -> str:
         lines = ["| group | concept | before | after | change |", "|---|---|---|---|---|"]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from .files import atomic_write
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -41,15 +42,5 @@ def grid(images: torch.Tensor, nrow: int = 8, scale: int = 1, pad: int = 1,
 
 
 def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write atomically: a reader never sees half a file, a crash never leaves one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write atomically (see ``files.atomic_write``)."""
+    return atomic_write(path, image.save)
