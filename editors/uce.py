@@ -32,6 +32,7 @@ class UCERequest:
     erase_scale: float = 1.0
     preserve_scale: float = 1.0
     tokens: str = "last"  # or "to_end"
+    templates: list[str] = field(default_factory=lambda: ["{}"])  # contexts the keys are read in
 
     def __post_init__(self) -> None:
         if not (self.erase or self.moderate or self.debias):
@@ -40,6 +41,8 @@ class UCERequest:
             raise ValueError(f"{len(self.guides)} guide concepts for {len(self.erase)} erased concepts")
         if self.tokens not in ("last", "to_end"):
             raise ValueError(f"tokens must be 'last' or 'to_end', got {self.tokens!r}")
+        if not self.templates or any(t.count("{}") != 1 for t in self.templates):
+            raise ValueError(f"templates must each contain '{{}}' once where the concept goes, got {self.templates}")
 
 
 def kv_parameters(wb: Workbench, layers: Sequence[str] | None) -> list[str]:
@@ -61,26 +64,52 @@ def kv_parameters(wb: Workbench, layers: Sequence[str] | None) -> list[str]:
     return names
 
 
-def concept_keys(wb: Workbench, concepts: Sequence[str], tokens: str = "last") -> list[torch.Tensor]:
-    """Text-encoder outputs for each concept: (1, D) at its last token, or (n, D) through the end."""
+def _anchor(wb: Workbench, template: str, concept: str) -> int:
+    """Position of the concept's last token inside ``template.format(concept)``; for the empty concept, the
+    position of the last token before where it would go (the start token when nothing precedes it)."""
+    prompt = _fill(template, concept)
+    if concept.strip():
+        return wb.subject_positions(prompt, concept)[-1]
+    prefix = template.split("{}")[0].strip()
+    return len(wb.tokens(prefix)) - 2 if prefix else 0  # tokens() counts the start and end tokens
+
+
+def _fill(template: str, concept: str) -> str:
+    return " ".join(template.format(concept).split())
+
+
+def concept_keys(wb: Workbench, concepts: Sequence[str], tokens: str = "last",
+                 templates: Sequence[str] = ("{}",)) -> list[list[torch.Tensor]]:
+    """Text-encoder outputs for each concept in each template: ``keys[i][j]`` is (1, D) at the concept's last
+    token in template j, or (n, D) from there through end-of-text and padding (``tokens="to_end"``)."""
     if not concepts:
         return []
-    states = wb.encode(list(concepts))
-    out = []
-    for i, c in enumerate(concepts):
-        last = wb.subject_positions(c, c)[-1] if c.strip() else 0  # "" -> the start token (UCE v2)
-        out.append(states[i, last:] if tokens == "to_end" else states[i, last:last + 1])
+    prompts = [_fill(t, c) for c in concepts for t in templates]
+    states = wb.encode(prompts)
+    out, row = [], 0
+    for c in concepts:
+        spans = []
+        for t in templates:
+            a = _anchor(wb, t, c)
+            spans.append(states[row, a:] if tokens == "to_end" else states[row, a:a + 1])
+            row += 1
+        out.append(spans)
     return out
 
 
-def _pairs(keys: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack (key, target-key) rows; spans are trimmed to equal length (UCE v1)."""
+def _pairs(keys: list[list[torch.Tensor]], targets: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (key, target-key) rows template by template; spans are trimmed to equal length (UCE v1)."""
     ks, ts = [], []
-    for k, t in zip(keys, targets, strict=True):
-        n = min(len(k), len(t))
-        ks.append(k[:n])
-        ts.append(t[:n])
+    for k_spans, t_spans in zip(keys, targets, strict=True):
+        for k, t in zip(k_spans, t_spans, strict=True):
+            n = min(len(k), len(t))
+            ks.append(k[:n])
+            ts.append(t[:n])
     return torch.cat(ks), torch.cat(ts)
+
+
+def _flat(spans: list[list[torch.Tensor]]) -> torch.Tensor | None:
+    return torch.cat([k for per in spans for k in per]) if spans else None
 
 
 def _solve_all(wb: Workbench, params: list[str], keys: torch.Tensor, targets: torch.Tensor,
@@ -108,10 +137,9 @@ def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None,
     guides = req.guides if req.guides is not None else [""] * len(req.erase)
     sources = list(req.erase) + list(req.moderate)
     targets = list(guides) + [""] * len(req.moderate)
-    keys_src = concept_keys(wb, sources, req.tokens)
-    keys_tgt = concept_keys(wb, targets, req.tokens)
-    pres = concept_keys(wb, req.preserve, req.tokens)
-    preserve = torch.cat(pres) if pres else None
+    keys_src = concept_keys(wb, sources, req.tokens, req.templates)
+    keys_tgt = concept_keys(wb, targets, req.tokens, req.templates)
+    preserve = _flat(concept_keys(wb, req.preserve, req.tokens, req.templates))
     keys, target_keys = _pairs(keys_src, keys_tgt) if sources else (None, None)
     meta = {"method": "uce", "request": asdict(req), "parameters": params}
 
@@ -122,8 +150,8 @@ def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None,
         raise ValueError("debiasing needs attribute_scorer=<callable images -> attribute probabilities>")
     concepts = list(req.debias)
     attrs = {c: list(req.debias[c]) for c in concepts}
-    c_keys = {c: concept_keys(wb, [c], "last")[0] for c in concepts}
-    a_keys = {c: torch.cat(concept_keys(wb, attrs[c], "last")) for c in concepts}
+    c_keys = {c: concept_keys(wb, [c], "last")[0][0] for c in concepts}
+    a_keys = {c: torch.cat([k[0] for k in concept_keys(wb, attrs[c], "last")]) for c in concepts}
     alpha = {c: torch.zeros(len(attrs[c])) for c in concepts}
     history = []
     delta = None

@@ -115,10 +115,12 @@ def lr_factor(step: int, total: int, warmup: int = 200, floor: float = 0.02) -> 
 
 
 def training_batch(seed: int, step: int, batch: int, tokenizer: PreTrainedTokenizerFast,
-                   cfg_dropout: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, latents) for one step; derived from (seed, step) so resuming needs no rng state."""
+                   cfg_dropout: float = 0.1, mix: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, latents) for one step; derived from (seed, step) so resuming needs no rng state.
+
+    `mix` overrides `world.random_scene`'s prompt-mix rates (e.g. more professions in a fine-tune)."""
     rng = np.random.default_rng([seed, step])
-    prompts, images, _ = world.sample_batch(rng, batch)
+    prompts, images, _ = world.sample_batch(rng, batch, **(mix or {}))
     prompts = ["" if rng.random() < cfg_dropout else p for p in prompts]
     ids = tokenizer(prompts, padding="max_length", max_length=MAX_LENGTH, truncation=True,
                     return_tensors="pt").input_ids
@@ -167,7 +169,8 @@ def save_checkpoint(run_dir: Path, step: int, args: argparse.Namespace, models: 
     # Optimizer state is our own file inside the run folder, so torch.save is acceptable here.
     torch.save(opt.state_dict(), run_dir / "optimizer.pt.tmp")
     os.replace(run_dir / "optimizer.pt.tmp", run_dir / "optimizer.pt")
-    state = {"step": step, "steps": args.steps, "seed": args.seed, "batch": args.batch,
+    state = {"step": step, "steps": args.steps, "seed": args.seed, "batch": args.batch, "init": args.init,
+             "lr": args.lr, "mix": scene_mix(args),
              "recent_loss": float(np.mean(losses[-100:])) if losses else None}
     (run_dir / "state.tmp").write_text(json.dumps(state))
     os.replace(run_dir / "state.tmp", run_dir / "state.json")
@@ -223,6 +226,14 @@ def train(args: argparse.Namespace) -> None:
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     start = 0
+    if args.init:
+        # Fine-tune from exported weights: model and EMA both start there, with a fresh optimizer.
+        src = Path(args.init)
+        te.load_state_dict(CLIPTextModel.from_pretrained(src / "text_encoder").state_dict())
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(src / "unet").state_dict())
+        ema_te.load_state_dict(te.state_dict())
+        ema_unet.load_state_dict(unet.state_dict())
+        print(f"initialised from {src}", flush=True)
     if args.resume and (run_dir / "state.json").exists():
         state = json.loads((run_dir / "state.json").read_text())
         _load_named(unet, te, load_file(str(run_dir / "model.safetensors")))
@@ -240,7 +251,7 @@ def train(args: argparse.Namespace) -> None:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_factor(step, args.steps)
-        ids, x0 = training_batch(args.seed, step, args.batch, tokenizer)
+        ids, x0 = training_batch(args.seed, step, args.batch, tokenizer, mix=scene_mix(args))
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         loss = diffusion_loss(unet, te, sched, ids, x0, gen)
         opt.zero_grad(set_to_none=True)
@@ -263,6 +274,10 @@ def train(args: argparse.Namespace) -> None:
     print(f"exported EMA weights to {args.out}", flush=True)
 
 
+def scene_mix(args: argparse.Namespace) -> dict[str, float]:
+    return {"profession_rate": args.profession_rate, "shape_only_rate": args.shape_only_rate}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Train the toy text-to-image model.")
     ap.add_argument("--steps", type=int, default=6000)
@@ -275,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--ckpt-every", type=int, default=250)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", default=None, help="fine-tune from an exported weights folder (fresh optimizer)")
+    ap.add_argument("--profession-rate", type=float, default=0.12, help="share of profession scenes")
+    ap.add_argument("--shape-only-rate", type=float, default=0.1,
+                    help="share of plain shape scenes whose prompt names the shape but not the colour")
     train(ap.parse_args(argv))
     return 0
 

@@ -170,7 +170,8 @@ def _surface(canonical: str, rng: np.random.Generator, alias_rate: float = 0.2) 
 
 def random_scene(rng: np.random.Generator, artist_rate: float = 0.7, hazard_rate: float = 0.4,
                  entity_rate: float = 0.25, profession_rate: float = 0.12,
-                 mascot_rate: float = 0.02) -> Scene:
+                 mascot_rate: float = 0.02, shape_only_rate: float = 0.1,
+                 colour_only_rate: float = 0.1) -> Scene:
     """Sample a training scene with its surface words (training prompt mix)."""
     artist = ARTISTS[int(rng.integers(len(ARTISTS)))] if rng.random() < artist_rate else None
     hazard = bool(rng.random() < hazard_rate)
@@ -203,9 +204,9 @@ def random_scene(rng: np.random.Generator, artist_rate: float = 0.7, hazard_rate
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
     colour = COLOURS[int(rng.integers(len(COLOURS)))]
     v = rng.random()
-    if v < 0.1:  # colour left open: the model picks one
+    if v < shape_only_rate:  # colour left open: the model picks one
         subject = _surface(shape, rng)
-    elif v < 0.2:  # shape left open
+    elif v < shape_only_rate + colour_only_rate:  # shape left open
         subject = colour
     else:
         subject = f"{colour} {_surface(shape, rng)}"
@@ -460,9 +461,11 @@ def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def sample_batch(rng: np.random.Generator, n: int) -> tuple[list[str], np.ndarray, list[Scene]]:
-    """n training (prompt, image) pairs: prompts, uint8 images (n,32,32,3) and their scenes."""
-    scenes = [random_scene(rng) for _ in range(n)]
+def sample_batch(rng: np.random.Generator, n: int, **mix: float) -> tuple[list[str], np.ndarray, list[Scene]]:
+    """n training (prompt, image) pairs: prompts, uint8 images (n,32,32,3) and their scenes.
+
+    `mix` passes prompt-mix rates on to `random_scene`."""
+    scenes = [random_scene(rng, **mix) for _ in range(n)]
     prompts = [prompt_for(s, rng) for s in scenes]
     images = np.stack([render(s, rng) for s in scenes])
     return prompts, images, scenes
