@@ -1,10 +1,13 @@
 """Editors: each is ``edit(wb, request, layers) -> WeightDelta`` and takes the layers tracing located."""
 
+from .emcid import EMCIDRequest, emcid
 from .esd import ESDRequest, esd
 from .quickfix import QuickFixRequest, quickfix
 from .solve import ridge_solve
 from .uce import UCERequest, uce
 
-EDITORS = {"uce": (uce, UCERequest), "quickfix": (quickfix, QuickFixRequest), "esd": (esd, ESDRequest)}
+EDITORS = {"uce": (uce, UCERequest), "quickfix": (quickfix, QuickFixRequest), "esd": (esd, ESDRequest),
+           "emcid": (emcid, EMCIDRequest)}
 
-__all__ = ["EDITORS", "ESDRequest", "QuickFixRequest", "UCERequest", "esd", "quickfix", "ridge_solve", "uce"]
+__all__ = ["EDITORS", "EMCIDRequest", "ESDRequest", "QuickFixRequest", "UCERequest", "emcid", "esd", "quickfix",
+           "ridge_solve", "uce"]

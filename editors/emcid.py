@@ -1,0 +1,511 @@
+"""EMCID, Editing Massive Concepts In Diffusion models (Xiong et al. 2024): many concept rewrites at once,
+spread over several text-encoder MLP output projections (``mlp.fc2``).
+
+Stage I, per concept (batched, each concept its own δ): find the block output z* = z₀ + δ of the last
+edited layer L, at the last subject token of the source prompts, that makes the source behave like its
+destination. Loss = noise-prediction self-distillation (UNet with the edited source text vs the UNet with
+the destination text, on noised latents) + a text-alignment term (final text states at the subject and
+end-of-text positions) + a norm penalty; Adam, seeded; ‖δ‖ clamped to ``clamp`` × ‖z₀‖.
+
+Stage II (as MEMIT): for each edited layer ℓ_i in depth order, keys are fc2 inputs at the last subject
+token (mean over prompts), the residual z* − z_L (with the earlier layers' edits applied) is split evenly
+over the layers still to edit, and fc2 is solved in closed form (``solve.ridge_solve``) against a preserve
+covariance C = E[k kᵀ] of fc2 inputs over a caption corpus:
+
+    ΔW = α R Kᵀ (α K Kᵀ + (1 − α) λ C + ridge I)⁻¹      (α = edit_weight, λ = lam; α = ½ is MEMIT's form)
+
+Deliberate differences from the reference code (research notes, section 1g): the residual is taken at the
+block output of layer L, as MEMIT does (the reference subtracts the fc2 output of the layer being edited);
+stage I draws its (x_t, t) pairs once per prompt instead of every step, so its objective is a fixed
+function of δ; the norm penalty is (‖δ‖ / ‖z₀‖)².
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from workbench import WeightDelta, Workbench
+
+from .solve import ridge_solve
+
+TEMPLATES = ["{}", "a photo of {}", "an image of {}", "a picture of {}"]
+SAMPLES = ("source", "destination", "noise")
+# The reference's "ly-7-11" setting edits layers 7-10 of SD's 12-layer CLIP; scaled to other depths.
+PAPER_RANGE = (7, 10, 12)
+
+
+@dataclass(frozen=True)
+class EMCIDEdit:
+    """Rewrite ``source`` so it behaves like ``destination``.
+
+    ``prompts`` are templates with ``{}`` where the concept goes, or prompts containing the source (its
+    first occurrence becomes ``{}``); the request's templates when None.
+    """
+
+    source: str
+    destination: str
+    prompts: tuple[str, ...] | None = None
+
+
+def _as_edit(item: Any, i: int) -> EMCIDEdit:
+    if isinstance(item, EMCIDEdit):
+        edit = item
+    elif isinstance(item, Mapping):
+        unknown = set(item) - {"source", "destination", "prompts"}
+        if unknown or not {"source", "destination"} <= set(item):
+            raise ValueError(f"EMCID edit {i}: expected keys source, destination and optionally prompts; got "
+                             f"{sorted(item)}")
+        edit = EMCIDEdit(item["source"], item["destination"], item.get("prompts"))
+    elif isinstance(item, Sequence) and not isinstance(item, str) and len(item) in (2, 3):
+        edit = EMCIDEdit(*item)
+    else:
+        raise ValueError(f"EMCID edit {i}: expected (source, destination[, prompts]) or a dict, got {item!r}")
+    for what in ("source", "destination"):
+        value = getattr(edit, what)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"EMCID edit {i}: {what} must be a non-empty string, got {value!r}")
+    source, destination = " ".join(edit.source.split()), " ".join(edit.destination.split())
+    if source == destination:
+        raise ValueError(f"EMCID edit {i}: source and destination are both {source!r}")
+    prompts = None
+    if edit.prompts is not None:
+        if isinstance(edit.prompts, str) or not edit.prompts:
+            raise ValueError(f"EMCID edit {i} ({source!r}): prompts must be a non-empty list of strings")
+        prompts = tuple(_template(p, source, i) for p in edit.prompts)
+    return EMCIDEdit(source, destination, prompts)
+
+
+def _template(prompt: str, source: str, i: int) -> str:
+    """A template with one ``{}``: kept as is, or made by replacing the source's first whole-word match."""
+    prompt = " ".join(str(prompt).split())
+    if prompt.count("{}") == 1:
+        return prompt
+    padded, needle = f" {prompt} ", f" {source} "
+    at = padded.find(needle)
+    if "{}" in prompt or at < 0:
+        raise ValueError(f"EMCID edit {i}: prompt {prompt!r} must contain {source!r} (or one '{{}}' where the "
+                         f"concept goes)")
+    return (padded[:at] + " {} " + padded[at + len(needle):]).strip()
+
+
+@dataclass
+class EMCIDRequest:
+    """Many (source -> destination) rewrites, edited together, and the method's hyperparameters.
+
+    ``edits`` items are :class:`EMCIDEdit`, ``(source, destination[, prompts])`` or dicts with those keys.
+    """
+
+    edits: list[EMCIDEdit]
+    templates: list[str] = field(default_factory=lambda: list(TEMPLATES))
+    # stage I
+    steps: int = 100
+    lr: float = 0.2
+    clamp: float = 1.5  # ‖δ‖ <= clamp × ‖z₀‖
+    align_weight: float = 0.01
+    norm_weight: float = 1e-3  # (‖δ‖ / ‖z₀‖)²; 0.05 held δ near 0 on the toy world (distillation MSE ~0.01)
+    noise_samples: int = 2  # (x_t, t) draws per prompt
+    samples: str = "source"  # x_0: generated from the source prompts (reference code), destination, or noise
+    sample_steps: int = 10
+    # stage II
+    lam: float = 4000.0  # weight of the preserve covariance (the reference's mom2 weight)
+    edit_weight: float = 0.5
+    ridge: float = 1e-4  # keeps the solve regular when C is rank-deficient or zero
+
+    def __post_init__(self) -> None:
+        if isinstance(self.edits, (str, Mapping)) or not self.edits:
+            raise ValueError("empty EMCID request: give at least one (source, destination) edit")
+        self.edits = [_as_edit(item, i) for i, item in enumerate(self.edits)]
+        seen: dict[str, EMCIDEdit] = {}
+        unique = []
+        for i, edit in enumerate(self.edits):
+            earlier = seen.get(edit.source)
+            if earlier is None:
+                seen[edit.source] = edit
+                unique.append(edit)
+            elif earlier.destination != edit.destination:
+                raise ValueError(f"EMCID edit {i}: source {edit.source!r} is rewritten twice, to "
+                                 f"{earlier.destination!r} and to {edit.destination!r}")
+            elif earlier.prompts != edit.prompts:
+                raise ValueError(f"EMCID edit {i}: source {edit.source!r} appears twice with different prompts")
+        self.edits = unique  # exact repeats are dropped: they would only weight one concept twice
+        if not self.templates or any(t.count("{}") != 1 for t in self.templates):
+            raise ValueError("templates must each contain one '{}' where the concept goes")
+        if self.samples not in SAMPLES:
+            raise ValueError(f"samples must be one of {', '.join(SAMPLES)}; got {self.samples!r}")
+        if self.steps < 0 or self.noise_samples < 1 or self.sample_steps < 1:
+            raise ValueError("steps must be >= 0, noise_samples and sample_steps >= 1")
+        if not 0 < self.edit_weight <= 1:
+            raise ValueError(f"edit_weight must be in (0, 1]; got {self.edit_weight}")
+        for name in ("lr", "clamp", "align_weight", "norm_weight", "lam", "ridge"):
+            value = getattr(self, name)
+            if not (value >= 0 and value < float("inf")):  # also refuses NaN
+                raise ValueError(f"{name} must be a finite number >= 0; got {value}")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EMCIDRequest:
+        """A JSON file: a list of edits, or an object with ``edits`` and any hyperparameters."""
+        data = json.loads(Path(path).read_text())
+        return cls(edits=data) if isinstance(data, list) else cls(**data)
+
+    @property
+    def sources(self) -> list[str]:
+        return [e.source for e in self.edits]
+
+
+@dataclass
+class _Plan:
+    """Rows = (concept, prompt) pairs: the prompts and the token positions every stage reads."""
+
+    concept: torch.Tensor  # (R,) concept index of each row
+    src: list[str]
+    dst: list[str]
+    src_last: torch.Tensor  # last source-subject token
+    dst_last: torch.Tensor
+    src_eos: torch.Tensor  # first end-of-text token
+    dst_eos: torch.Tensor
+    n: int  # concepts
+
+
+def _plan(wb: Workbench, req: EMCIDRequest) -> _Plan:
+    concept, src, dst, pos = [], [], [], {k: [] for k in ("src_last", "dst_last", "src_eos", "dst_eos")}
+    for c, edit in enumerate(req.edits):
+        for what, word in (("source", edit.source), ("destination", edit.destination)):
+            try:
+                wb.tokens(word)
+            except ValueError as err:
+                raise ValueError(f"EMCID edit {c} ({edit.source!r} -> {edit.destination!r}): the {what} is not in "
+                                 f"the model's vocabulary: {err}") from err
+        for template in edit.prompts or req.templates:
+            s, d = template.replace("{}", edit.source), template.replace("{}", edit.destination)
+            concept.append(c)
+            src.append(s)
+            dst.append(d)
+            pos["src_last"].append(wb.subject_positions(s, edit.source)[-1])
+            pos["dst_last"].append(wb.subject_positions(d, edit.destination)[-1])
+            pos["src_eos"].append(len(wb.tokens(s)) - 1)
+            pos["dst_eos"].append(len(wb.tokens(d)) - 1)
+    as_long = {k: torch.tensor(v, dtype=torch.long) for k, v in pos.items()}
+    return _Plan(torch.tensor(concept, dtype=torch.long), src, dst, n=len(req.edits), **as_long)
+
+
+def _concept_mean(values: torch.Tensor, concept: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean of ``values`` rows per concept (differentiable)."""
+    idx = concept.to(values.device)
+    sums = torch.zeros((n, *values.shape[1:]), dtype=values.dtype, device=values.device).index_add(0, idx, values)
+    counts = torch.bincount(idx, minlength=n).to(values.dtype)
+    return sums / counts.view(-1, *([1] * (values.ndim - 1)))
+
+
+def _gather(wb: Workbench, prompts: list[str], positions: torch.Tensor, reads: list[str],
+            batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Each read layer's output (or ``:input``) at one token per prompt: {read: (R, D)}."""
+    out: dict[str, list[torch.Tensor]] = {r: [] for r in reads}
+    for i in range(0, len(prompts), batch_size):
+        pos = positions[i:i + batch_size]
+        # CLIP's text encoder is causal: states up to a token never see the tokens after it, so the
+        # sequence can stop at the last position read (SD pads every prompt to 77 tokens).
+        ids = wb.token_ids(prompts[i:i + batch_size])[:, :int(pos.max()) + 1]
+        _, saved = wb.run_text(ids, read=reads)
+        rows = torch.arange(len(pos))
+        for r in reads:
+            out[r].append(saved[r][rows, pos.to(saved[r].device)])
+    return {r: torch.cat(v) for r, v in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------- layers
+def fc2_layers(wb: Workbench, layers: Sequence[str] | None = None) -> list[str]:
+    """The ``mlp.fc2`` layers to edit, in depth order.
+
+    Accepts text-encoder block (``text.encoder.layers.i``), ``mlp`` or ``fc2`` names. None: the paper's
+    upper-middle range (layers 7-10 of 12) scaled to this encoder's depth.
+    """
+    if layers is None:
+        all_fc2 = wb.layers("fc2")
+        lo, hi, depth = PAPER_RANGE
+        n = len(all_fc2)
+        start = min(n - 1, int(lo * n / depth + 0.5))
+        end = max(start, min(n - 1, int(hi * n / depth + 0.5)))
+        return all_fc2[start:end + 1]
+    if isinstance(layers, str):
+        layers = [layers]
+    names = []
+    for layer in layers:
+        kind = wb.layer(layer).kind
+        if kind == "fc2":
+            names.append(layer)
+        elif kind == "mlp":
+            names.append(f"{layer}.fc2")
+        elif kind == "hidden":
+            names.append(f"{layer}.mlp.fc2")
+        else:
+            raise ValueError(f"EMCID edits text-encoder MLP output projections; layer {layer!r} is a {kind!r} "
+                             f"layer (give text.encoder.layers.i, its mlp or its mlp.fc2)")
+    if not names:
+        raise ValueError("no layers to edit")
+    return sorted(set(names), key=lambda name: wb.layer(name).order)
+
+
+def block_of(wb: Workbench, layer: str) -> str:
+    """The text-encoder block (``text.encoder.layers.i``) holding ``layer``, or ``layer`` if it is one."""
+    name = layer.removesuffix(".fc2").removesuffix(".mlp")
+    if wb.layer(name).kind != "hidden":
+        raise ValueError(f"{layer!r} is not a text-encoder block, mlp or fc2 layer")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------- corpus
+def toy_captions(n: int = 2000, seed: int = 0) -> list[str]:
+    """Captions from the toy world's training grammar: the default corpus for the toy model."""
+    import numpy as np
+
+    from workbench.toy.world import prompt_for, random_scene
+
+    rng = np.random.default_rng(seed)
+    return [prompt_for(random_scene(rng), rng) for _ in range(n)]
+
+
+def _captions(wb: Workbench, captions: Sequence[str] | str | os.PathLike | None) -> tuple[list[str], str]:
+    if captions is None:
+        if wb.name != "toy":
+            raise ValueError("EMCID needs a caption corpus for its preserve covariance: pass captions=[...] or "
+                             "the path of a text file with one caption per line")
+        return toy_captions(), "toy grammar (2000 captions, seed 0)"
+    if isinstance(captions, (str, os.PathLike)):
+        path = Path(captions)
+        if not path.is_file():
+            raise FileNotFoundError(f"no caption file at {str(path)!r} (one caption per line)")
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not lines:
+            raise ValueError(f"caption file {str(path)!r} is empty")
+        return lines, str(path)
+    lines = [c for c in captions if c.strip()]
+    if not lines:
+        raise ValueError("empty caption corpus")
+    return lines, f"{len(lines)} captions given"
+
+
+def caption_covariance(wb: Workbench, layers: Sequence[str] | None, captions: Sequence[str], *,
+                       batch_size: int = 128, progress: bool = False) -> dict[str, torch.Tensor]:
+    """C = E[k kᵀ] (float64, uncentred) of each fc2 layer's input over every real token of the captions.
+
+    Padding is left out: SD pads with end-of-text tokens, and counting them would weight one near-constant
+    key per caption dozens of times.
+    """
+    names = fc2_layers(wb, layers)
+    reads = [f"{name}:input" for name in names]
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    chunks = range(0, len(captions), batch_size)
+    for i in tqdm(chunks, desc="emcid covariance", disable=not progress, leave=False):
+        chunk = list(captions[i:i + batch_size])
+        lengths = torch.tensor([len(wb.tokenizer(c).input_ids) for c in chunk], device=wb.device)
+        # causal encoder: cutting the padding after the longest caption changes no real token's state
+        _, saved = wb.run_text(wb.token_ids(chunk)[:, :int(lengths.max())], read=reads)
+        mask = torch.arange(saved[reads[0]].shape[1], device=wb.device)[None, :] < lengths[:, None]
+        count += int(mask.sum())
+        for name, read in zip(names, reads, strict=True):
+            k = saved[read][mask].double()
+            sums[name] = sums.get(name, 0) + k.T @ k
+    return {name: s / count for name, s in sums.items()}
+
+
+# ---------------------------------------------------------------------------------------------- stage I
+@dataclass
+class StageOne:
+    """Stage I's targets: block outputs of ``layer`` at the last subject token (mean over prompts)."""
+
+    layer: str
+    targets: torch.Tensor  # (n, D) z* = z₀ + δ
+    initial: torch.Tensor  # (n, D) z₀
+    losses: torch.Tensor  # (steps + 1, n) each concept's loss before each update and at the end
+
+
+def _samples(wb: Workbench, req: EMCIDRequest, prompts: list[str], seeds: list[int], gens: list[torch.Generator],
+             batch_size: int = 64) -> torch.Tensor:
+    """x_0 latents, one per row."""
+    if req.samples == "noise":
+        return torch.stack([torch.randn(wb.latent_shape, generator=g) for g in gens]).to(wb.device, wb.dtype)
+    out = [wb.generate(prompts[i:i + batch_size], seeds[i:i + batch_size], steps=req.sample_steps).latents
+           for i in range(0, len(prompts), batch_size)]
+    return torch.cat(out)
+
+
+def _optimise(wb: Workbench, req: EMCIDRequest, plan: _Plan, rows: torch.Tensor, concepts: torch.Tensor,
+              z0: torch.Tensor, block: str, row_seeds: torch.Tensor, bar: tqdm) -> tuple[torch.Tensor, torch.Tensor]:
+    """δ for a chunk of concepts, optimised together: each concept's loss depends on its own δ only and
+    Adam is elementwise, so this is the same as optimising them one by one."""
+    dev = wb.device
+    local = plan.concept[rows] - int(concepts[0])  # concept index within the chunk
+    k, r, s = len(concepts), len(rows), req.noise_samples
+    src = [plan.src[i] for i in rows.tolist()]
+    dst = [plan.dst[i] for i in rows.tolist()]
+    src_ids, dst_ids = wb.token_ids(src), wb.token_ids(dst)
+    src_last, src_eos = plan.src_last[rows].to(dev), plan.src_eos[rows].to(dev)
+    dst_last, dst_eos = plan.dst_last[rows].to(dev), plan.dst_eos[rows].to(dev)
+    ar = torch.arange(r, device=dev)
+
+    gens = [torch.Generator().manual_seed(int(row_seeds[i, 1])) for i in rows.tolist()]
+    x0 = _samples(wb, req, dst if req.samples == "destination" else src,
+                  [int(row_seeds[i, 0]) for i in rows.tolist()], gens)
+    n_train = wb.scheduler.config.num_train_timesteps
+    t = torch.stack([torch.randint(0, n_train, (s,), generator=g) for g in gens]).flatten().to(dev)
+    eps = torch.stack([torch.randn((s, *wb.latent_shape), generator=g) for g in gens]).flatten(0, 1)
+    x_t = wb.scheduler.add_noise(x0.repeat_interleave(s, 0), eps.to(dev, wb.dtype), t)
+    with torch.no_grad():
+        dst_states = wb.text_encoder(dst_ids).last_hidden_state
+        target = wb.unet(x_t, t, encoder_hidden_states=dst_states.repeat_interleave(s, 0)).sample
+
+    delta = torch.zeros(k, z0.shape[1], device=dev, dtype=wb.dtype, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=req.lr)
+    z0_norm = z0.norm(dim=1)
+    local_dev = local.to(dev)
+
+    def add_delta(_module, _args, out):
+        h = out[0] if isinstance(out, tuple) else out
+        h = h.index_put((ar, src_last), delta[local_dev], accumulate=True)
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    module = wb.module(block)
+    losses = []
+    # Plain torch with a forward hook, not nnsight: the wrapper traces under no_grad, and δ's gradient
+    # has to flow through the remaining text-encoder layers and the UNet.
+    with torch.enable_grad():
+        for step in range(req.steps + 1):  # the last pass only measures the final δ's loss
+            handle = module.register_forward_hook(add_delta)
+            try:
+                states = wb.text_encoder(src_ids).last_hidden_state
+            finally:
+                handle.remove()
+            pred = wb.unet(x_t, t, encoder_hidden_states=states.repeat_interleave(s, 0)).sample
+            distill = _concept_mean((pred - target).pow(2).flatten(1).mean(1), local.repeat_interleave(s), k)
+            align = ((states[ar, src_last] - dst_states[ar, dst_last]).pow(2).mean(1)
+                     + (states[ar, src_eos] - dst_states[ar, dst_eos]).pow(2).mean(1))
+            loss = (distill + req.align_weight * _concept_mean(align, local, k)
+                    + req.norm_weight * (delta.norm(dim=1) / z0_norm).pow(2))
+            losses.append(loss.detach().cpu())
+            if step == req.steps:
+                break
+            opt.zero_grad()
+            loss.sum().backward()
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(losses[-1].mean()):.4g}")
+            with torch.no_grad():  # project back into the ball of radius clamp·‖z₀‖
+                scale = (req.clamp * z0_norm / delta.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+                delta.mul_(scale[:, None])
+    return delta.detach(), torch.stack(losses)
+
+
+def stage_one(wb: Workbench, request: EMCIDRequest, layer: str, *, seed: int = 0, batch_concepts: int = 16,
+              progress: bool = False) -> StageOne:
+    """Optimise each concept's target block output of ``layer`` (a block, mlp or fc2 name)."""
+    req = request
+    if batch_concepts < 1:
+        raise ValueError(f"batch_concepts must be >= 1; got {batch_concepts}")
+    plan = _plan(wb, req)
+    block = block_of(wb, layer)
+    z0 = _concept_mean(_gather(wb, plan.src, plan.src_last, [block])[block], plan.concept, plan.n)
+    # Per-row seeds drawn once for the whole request, so results do not depend on batch_concepts.
+    row_seeds = torch.randint(0, 2**62, (len(plan.src), 2), generator=torch.Generator().manual_seed(seed))
+    deltas, losses = [], []
+    chunks = range(0, plan.n, batch_concepts)
+    bar = tqdm(total=len(chunks) * req.steps, desc="emcid stage I", disable=not progress, leave=False)
+    for start in chunks:
+        concepts = torch.arange(start, min(plan.n, start + batch_concepts))
+        rows = torch.nonzero((plan.concept >= start) & (plan.concept < start + batch_concepts)).flatten()
+        d, history = _optimise(wb, req, plan, rows, concepts, z0[concepts], block, row_seeds, bar)
+        deltas.append(d)
+        losses.append(history)
+    bar.close()
+    return StageOne(block, z0 + torch.cat(deltas), z0, torch.cat(losses, dim=1))
+
+
+# ---------------------------------------------------------------------------------------------- stage II
+def subject_states(wb: Workbench, request: EMCIDRequest, layer: str) -> torch.Tensor:
+    """(n, D) block outputs of ``layer`` at each concept's last source token, mean over its prompts."""
+    plan = _plan(wb, request)
+    block = block_of(wb, layer)
+    return _concept_mean(_gather(wb, plan.src, plan.src_last, [block])[block], plan.concept, plan.n)
+
+
+def stage_two(wb: Workbench, request: EMCIDRequest, layers: Sequence[str] | None, targets: torch.Tensor,
+              covariance: Mapping[str, torch.Tensor], *, progress: bool = False) -> dict[str, torch.Tensor]:
+    """New fc2 weights {``<layer>.weight``: tensor} that move each concept's block output of the last
+    edited layer to its target. ``wb`` is edited layer by layer while this runs (later keys and residuals
+    see earlier edits, as in MEMIT) and restored before returning."""
+    req = request
+    plan = _plan(wb, req)
+    names = fc2_layers(wb, layers)
+    block = block_of(wb, names[-1])
+    width = wb.module(block).mlp.fc2.out_features
+    if tuple(targets.shape) != (plan.n, width):
+        raise ValueError(f"targets must be ({plan.n} × {width}), one per concept; got {tuple(targets.shape)}")
+    for name in names:
+        if name not in covariance:
+            raise ValueError(f"no preserve covariance for {name!r} (have {sorted(covariance)})")
+    params = {name: wb.parameter(f"{name}.weight") for name in names}
+    originals = {name: p.detach().clone() for name, p in params.items()}
+    alpha = req.edit_weight
+    new: dict[str, torch.Tensor] = {}
+    try:
+        for i, name in enumerate(tqdm(names, desc="emcid stage II", disable=not progress, leave=False)):
+            read = _gather(wb, plan.src, plan.src_last, [f"{name}:input", block])
+            keys = _concept_mean(read[f"{name}:input"], plan.concept, plan.n)
+            current = _concept_mean(read[block], plan.concept, plan.n)
+            residual = (targets.to(current) - current) / (len(names) - i)
+            w = originals[name]
+            # fc2's bias stays fixed, so it drops out: the linear part's target is
+            # (old output − b) + residual = W_old k + residual. In float64, so that a zero residual gives
+            # W_old back exactly instead of the float32 rounding of W_old k pulled through the solve.
+            keys = keys.double()
+            values = keys @ w.double().T + residual.double()
+            new_w = ridge_solve(w, keys, values, lam=req.ridge, edit_scale=alpha,
+                                preserve_scale=(1 - alpha) * req.lam, preserve_cov=covariance[name].to(w.device))
+            new[f"{name}.weight"] = new_w
+            with torch.no_grad():
+                params[name].copy_(new_w)
+    finally:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(originals[name])
+    return new
+
+
+# ---------------------------------------------------------------------------------------------- editor
+def emcid(wb: Workbench, request: EMCIDRequest, layers: Sequence[str] | None = None, *, progress: bool = True,
+          captions: Sequence[str] | str | os.PathLike | None = None,
+          covariance: Mapping[str, torch.Tensor] | None = None, seed: int = 0,
+          batch_concepts: int = 16) -> WeightDelta:
+    """Rewrite every edit of ``request`` in one WeightDelta on the fc2 weights of ``layers``.
+
+    ``layers``: text-encoder blocks / mlp / fc2 names (the paper's upper-middle range when None); stage I
+    targets the last of them. The preserve covariance comes from ``covariance`` ({fc2 layer: C}, e.g. from
+    :func:`caption_covariance`, to reuse across edits) or is estimated from ``captions`` (a list or a
+    file with one caption per line; the toy grammar's captions for the toy model).
+    """
+    req = request
+    names = fc2_layers(wb, layers)
+    _plan(wb, req)  # refuse bad input before any expensive work
+    if covariance is None:
+        corpus, corpus_name = _captions(wb, captions)
+        covariance = caption_covariance(wb, names, corpus, progress=progress)
+    else:
+        missing = [name for name in names if name not in covariance]
+        if missing:
+            raise ValueError(f"no preserve covariance for {missing} (have {sorted(covariance)})")
+        corpus_name = "given covariance"
+    one = stage_one(wb, req, names[-1], seed=seed, batch_concepts=batch_concepts, progress=progress)
+    new = stage_two(wb, req, names, one.targets, covariance, progress=progress)
+    loss = one.losses.mean(1)
+    return WeightDelta.capture(wb, new, method="emcid", request=asdict(req), layers=names,
+                               stage_one_layer=one.layer, seed=seed, corpus=corpus_name,
+                               stage_one_loss={"first": loss[0].item(), "last": loss[-1].item()},
+                               shift_norm=(one.targets - one.initial).norm(dim=1).mean().item())
