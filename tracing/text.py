@@ -64,12 +64,16 @@ def trace_text_encoder(wb: Workbench, prompt: str, subject: str, *, kind: str = 
     for chunk in tqdm(chunks(len(conds), per_chunk), desc=f"trace text/{kind}", disable=not progress, leave=False):
         n = len(chunk) * samples
         patches = [corruption(wb, pos, range(n), draws=[r % samples for r in range(n)], k=noise, std=std, seed=seed)]
+        # One masked write per layer and chunk: a patch per restoration costs an intervention each.
+        masks: dict[str, torch.Tensor] = {}
         for j, c in enumerate(chunk):
             if conds[c] is None:
                 continue
             i, t = conds[c]
-            block = list(range(j * samples, (j + 1) * samples))
-            patches += [Patch(name, states[name][:, [t]], rows=block, positions=[t]) for name in restored(i)]
+            for name in restored(i):
+                masks.setdefault(name, torch.zeros(n, clean.shape[1], 1, dtype=torch.bool))[
+                    j * samples:(j + 1) * samples, t] = True
+        patches += [_masked_restore(name, mask, states[name]) for name, mask in masks.items()]
         out, _ = wb.run_text(ids.expand(n, -1), patches=patches)
         finals.append(out)
     finals = torch.cat(finals).view(len(conds), samples, *clean.shape[1:])
@@ -92,6 +96,14 @@ def trace_text_encoder(wb: Workbench, prompt: str, subject: str, *, kind: str = 
         settings={"window": window, "samples": samples, "noise": noise, "std": std, "seed": seed, "draws": draws,
                   "positions": cols, "subject_positions": pos},
         model=wb.name, model_fingerprint=wb.fingerprint(), seconds=time.perf_counter() - t0)
+
+
+def _masked_restore(layer: str, mask: torch.Tensor, clean_state: torch.Tensor) -> Patch:
+    """Copy the clean run's state into the (row, token) cells ``mask`` marks."""
+    def put(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask.to(x.device), clean_state.to(x), x)
+
+    return Patch(layer, put)
 
 
 def _proxy(wb, prompt, clean, finals, seed, draws, steps, guidance, batch_size, progress) -> torch.Tensor:
