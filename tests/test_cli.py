@@ -34,3 +34,28 @@ def test_trace_command_writes_result_and_heatmap(tmp_path, capsys):
     assert result.pick_layers(1)[0] in printed and result.subject_cols == [4, 5]
     assert main(["trace", "--model", "tiny", "--prompt", "a cat", "--subject", "dog", "--out", str(out)]) == 2
     assert "subject 'dog' not found" in capsys.readouterr().err
+
+
+def test_edit_esd_and_emcid_commands(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from workbench import WeightDelta, Workbench
+
+    wb = Workbench.random("tiny", seed=0)
+    out = tmp_path / "esd.safetensors"
+    assert main(["edit", "esd", "--model", "tiny", "--erase", "a cat", "--method", "esd-x-strict",
+                 "--iterations", "2", "--lr", "1e-3", "--out", str(out)]) == 0
+    delta = WeightDelta.load(out)
+    assert delta.names and all(n.endswith(("to_k.weight", "to_v.weight")) for n in delta.names)
+    assert any(not torch.equal(delta.tensors[n], wb.parameter(n)) for n in delta.names)
+    assert main(["edit", "esd", "--model", "tiny", "--erase", "a cat", "--method", "esd-q", "--out",
+                 str(tmp_path / "x.safetensors")]) == 2
+    assert "esd-q" in capsys.readouterr().err
+
+    requests = tmp_path / "requests.json"
+    requests.write_text(json.dumps({"edits": [{"source": "cat", "destination": "dog"}], "steps": 2}))
+    out = tmp_path / "emcid.safetensors"
+    assert main(["edit", "emcid", "--model", "tiny", "--requests", str(requests), "--out", str(out)]) == 2
+    assert "caption" in capsys.readouterr().err  # a random model has no caption corpus: a clear error

@@ -108,7 +108,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from editors import QuickFixRequest, UCERequest, quickfix, uce
+    from editors import EMCIDRequest, ESDRequest, QuickFixRequest, UCERequest, emcid, esd, quickfix, uce
 
     if Path(args.out).exists() and not args.overwrite:
         raise FileExistsError(f"{args.out!r} exists; pass --overwrite or pick another path")
@@ -119,7 +119,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
         layers = TraceResult.load(args.trace).pick_layers(args.top)
         print(f"layers picked by {args.trace}: {layers}")
-    if args.method == "uce":
+    if args.editor == "uce":
         debias = {}
         for spec in args.debias or []:  # "doctor:warm=0.5,cool=0.5"
             concept, _, ratios = spec.partition(":")
@@ -136,6 +136,21 @@ def cmd_edit(args: argparse.Namespace) -> int:
             def scorer(images):
                 return classifier.score(images)["attribute"]
         delta = uce(wb, request, layers, attribute_scorer=scorer)
+    elif args.editor == "esd":
+        if not args.erase or len(args.erase) != 1:
+            raise ValueError("esd erases one concept: give exactly one --erase")
+        request = ESDRequest(erase=args.erase[0], erase_from=args.erase_from, method=args.method,
+                             negative_guidance=args.negative_guidance, iterations=args.iterations,
+                             lr=args.lr, seed=args.seed)
+        delta = esd(wb, request, layers, checkpoint_dir=args.checkpoint_dir,
+                    checkpoint_every=args.checkpoint_every, resume=args.resume)
+    elif args.editor == "emcid":
+        if not args.requests:
+            raise ValueError("emcid needs --requests FILE.json (a list of {source, destination[, prompts]})")
+        request = EMCIDRequest.load(args.requests)
+        if args.lam is not None:
+            request.lam = args.lam
+        delta = emcid(wb, request, layers, seed=args.seed, captions=args.captions)
     else:
         if not args.erase or not args.target:
             raise ValueError("quickfix needs --erase SOURCE and --target TARGET (one target per source)")
@@ -220,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/trace")
     p.set_defaults(func=cmd_trace)
 
-    p = sub.add_parser("edit", help="closed-form edits: uce or quickfix; writes a WeightDelta")
-    p.add_argument("method", choices=["uce", "quickfix"])
+    p = sub.add_parser("edit", help="edit a concept (uce, quickfix, emcid, esd); writes a WeightDelta")
+    p.add_argument("editor", choices=["uce", "quickfix", "emcid", "esd"])
     p.add_argument("--model", default="toy", help=MODEL_HELP)
     p.add_argument("--erase", action="append", help="concept to erase (quickfix: source concept); repeatable")
     p.add_argument("--guide", action="append", help="uce: guide concept per --erase (default the empty prompt)")
@@ -236,6 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--erase-scale", type=float, default=1.0)
     p.add_argument("--preserve-scale", type=float, default=1.0)
     p.add_argument("--eos", action="store_true", help="quickfix: also map positions through end-of-text")
+    p.add_argument("--requests", help="emcid: JSON file, a list of {source, destination[, prompts]}")
+    p.add_argument("--captions", help="emcid: caption file (one per line) for the preserve covariance; "
+                   "the toy world uses its own grammar")
+    p.add_argument("--method", default="esd-x", help="esd: esd-x, esd-x-strict, esd-u, esd-all or located")
+    p.add_argument("--erase-from", help="esd: train on this prompt instead of the erased concept")
+    p.add_argument("--negative-guidance", type=float, default=1.0, help="esd: η")
+    p.add_argument("--iterations", type=int, default=1000, help="esd: optimisation steps")
+    p.add_argument("--lr", type=float, default=1e-5, help="esd: Adam learning rate")
+    p.add_argument("--checkpoint-dir", help="esd: where to checkpoint (resumable with --resume)")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--resume", action="store_true", help="esd: continue from --checkpoint-dir")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="delta.safetensors")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_edit)
