@@ -6,7 +6,7 @@ one (generate + toy scorer). Prints per family the most causal layers/tokens, th
 the proxy's and the faithful layer ranking (mean over prompts) and the cost ratio; writes heatmaps and a
 JSON summary to ``--out``.
 
-    python benchmarks/toy_maps.py [--prompts 10] [--samples 10] [--out out/toy_maps]
+    python benchmarks/toy_maps.py [--prompts 10] [--samples 5] [--compare-prompts 4] [--out out/toy_maps]
 """
 
 from __future__ import annotations
@@ -47,33 +47,47 @@ def family_prompts(n: int, seed: int = 4242) -> dict[str, list[tuple[str, str]]]
     return out
 
 
+UNET_KINDS = ["resnet", "attn1", "attn2", "ff"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", type=int, default=10)
-    ap.add_argument("--samples", type=int, default=5)
+    ap.add_argument("--prompts", type=int, default=10, help="prompts per family for the proxy maps")
+    ap.add_argument("--samples", type=int, default=5, help="noise samples of the proxy maps")
+    ap.add_argument("--compare-prompts", type=int, default=4, help="prompts per family for proxy vs faithful")
+    ap.add_argument("--proxy-samples", type=int, default=3, help="noise samples of the compared proxy")
+    ap.add_argument("--faithful-samples", type=int, default=5, help="noise samples (images) of faithful")
     ap.add_argument("--out", default="out/toy_maps")
     args = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     wb = Workbench.toy()
+    unet_rows = wb.layers(UNET_KINDS, part="unet")
     summary = {}
     for family, pairs in family_prompts(args.prompts).items():
         maps: dict[str, list[TraceResult]] = {k: [] for k in ("text-map", "unet-map", "text-proxy", "text-faithful",
                                                                "unet-proxy", "unet-faithful")}
-        for prompt, subject in pairs:
-            scorer = concept_scorer(subject)
+        for n, (prompt, subject) in enumerate(pairs):
             common = dict(samples=args.samples, progress=False)
-            last = [wb.subject_positions(prompt, subject)[-1]]
             # full maps (proxy) for the family picture
             maps["text-map"].append(trace_text_encoder(wb, prompt, subject, metric="proxy", **common))
             maps["unet-map"].append(trace_unet(wb, prompt, subject, windows=4, metric="proxy", **common))
-            # proxy vs faithful on the same cells: text states at the last subject token, UNet layers (all steps)
-            maps["text-proxy"].append(trace_text_encoder(wb, prompt, subject, metric="proxy", tokens=last, **common))
-            maps["text-faithful"].append(trace_text_encoder(wb, prompt, subject, metric="faithful", scorer=scorer,
-                                                            tokens=last, **common))
-            maps["unet-proxy"].append(trace_unet(wb, prompt, subject, metric="proxy", **common))
-            maps["unet-faithful"].append(trace_unet(wb, prompt, subject, metric="faithful", scorer=scorer, **common))
+            if n >= args.compare_prompts:
+                continue
+            # proxy vs faithful on the same cells: every text state at the last subject token, and every UNet
+            # site (resnet, attn1, attn2, ff) restored at all steps. The proxy is a continuous read-out with
+            # little variance, so it needs fewer noise samples than a scorer over images.
+            scorer = concept_scorer(subject)
+            last = [wb.subject_positions(prompt, subject)[-1]]
+            fast = dict(samples=args.proxy_samples, progress=False)
+            slow = dict(samples=args.faithful_samples, progress=False, scorer=scorer)
+            maps["text-proxy"].append(trace_text_encoder(wb, prompt, subject, metric="proxy", tokens=last, **fast))
+            maps["text-faithful"].append(trace_text_encoder(wb, prompt, subject, metric="faithful", tokens=last,
+                                                            **slow))
+            maps["unet-proxy"].append(trace_unet(wb, prompt, subject, layers=unet_rows, metric="proxy", **fast))
+            maps["unet-faithful"].append(trace_unet(wb, prompt, subject, layers=unet_rows, metric="faithful",
+                                                    **slow))
         fam = {}
         for part in ("text", "unet"):
             avg = TraceResult.average(maps[f"{part}-map"])
@@ -84,8 +98,12 @@ def main() -> None:
             fam[f"{part}_cols"] = avg.cols
             proxy, faithful = maps[f"{part}-proxy"], maps[f"{part}-faithful"]
             rho = [spearman(p.scores.flatten(), f.scores.flatten()) for p, f in zip(proxy, faithful, strict=True)]
+            fam[f"{part}_rows"] = proxy[0].rows
+            fam[f"{part}_spearman_per_prompt"] = [round(r, 3) for r in rho]
             fam[f"{part}_spearman_layers"] = float(np.nanmean(rho))
-            fam[f"{part}_proxy_cost_ratio"] = sum(p.seconds for p in proxy) / sum(f.seconds for f in faithful)
+            fam[f"{part}_proxy_seconds"] = sum(p.seconds for p in proxy)
+            fam[f"{part}_faithful_seconds"] = sum(f.seconds for f in faithful)
+            fam[f"{part}_proxy_cost_ratio"] = fam[f"{part}_proxy_seconds"] / fam[f"{part}_faithful_seconds"]
             fam[f"{part}_faithful_clean_corrupted"] = [float(np.mean([f.clean for f in faithful])),
                                                       float(np.mean([f.corrupted for f in faithful]))]
             fam[f"{part}_faithful_layer_effects"] = [round(float(v), 3) for v in
@@ -93,12 +111,19 @@ def main() -> None:
             fam[f"{part}_proxy_layer_effects"] = [round(float(v), 3) for v in
                                                   TraceResult.average(proxy).scores.flatten()]
         summary[family] = fam
-        print(f"{family:7s} text top {fam['text_top']}, unet top {fam['unet_top']}")
+        print(f"{family:7s} text top {fam['text_top']}, unet top {fam['unet_top']}", flush=True)
         for part in ("text", "unet"):
-            print(f"        {part}: spearman(proxy, faithful) over layers {fam[f'{part}_spearman_layers']:.2f}, "
-                  f"proxy cost {fam[f'{part}_proxy_cost_ratio']:.3f} of faithful; faithful clean/corrupted "
-                  f"{fam[f'{part}_faithful_clean_corrupted']}; proxy {fam[f'{part}_proxy_layer_effects']} "
-                  f"faithful {fam[f'{part}_faithful_layer_effects']}")
+            print(f"        {part}: spearman(proxy, faithful) over {len(fam[f'{part}_rows'])} layers "
+                  f"{fam[f'{part}_spearman_layers']:.2f} {fam[f'{part}_spearman_per_prompt']}, proxy cost "
+                  f"{fam[f'{part}_proxy_cost_ratio']:.3f} of faithful; faithful clean/corrupted "
+                  f"{fam[f'{part}_faithful_clean_corrupted']}", flush=True)
+    overall = {part: float(np.mean([summary[f][f"{part}_spearman_layers"] for f in summary])) for part in
+               ("text", "unet")}
+    cost = {part: sum(summary[f][f"{part}_proxy_seconds"] for f in summary) /
+            sum(summary[f][f"{part}_faithful_seconds"] for f in summary) for part in ("text", "unet")}
+    summary["overall"] = {"spearman": overall, "proxy_cost_ratio": cost}
+    print(f"overall: spearman text {overall['text']:.2f}, unet {overall['unet']:.2f} (target >= 0.8); proxy cost "
+          f"text {cost['text']:.3f}, unet {cost['unet']:.3f} of faithful (target <= 0.05)")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {out}/summary.json and heatmaps")
 
