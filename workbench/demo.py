@@ -1,0 +1,127 @@
+"""The main job on the toy world (``make demo`` / ``workbench demo``): trace an artist in the text encoder and
+the UNet, pick the causal layers, erase the artist there with UCE and with Diff-QuickFix, evaluate both edits
+and write heatmaps, image grids, the evaluation JSON and ``report.md``.
+
+Like ``cli.py`` this is an entry point, so it may import ``tracing`` and ``editors``; nothing else in
+``workbench`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .files import atomic_write
+from .images import grid, save_image
+from .model import Workbench
+
+# Contexts for the edit keys: the toy grammar's ways of naming an artist (UCE's expand_prompts / QuickFix's
+# caption templates). The evaluation prompts use other colours and shapes than these.
+ARTIST_TEMPLATES = ["{}", "a circle by {}", "a red square in the style of {}", "a photo of a blue star by {}",
+                    "a painting of a heart by {}"]
+
+
+def _step(i: int, n: int, text: str) -> None:
+    print(f"[{i}/{n}] {text}", flush=True)
+
+
+def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str = "vera kolm",
+             prompt: str | None = None, trace_samples: int = 5, eval_samples: int = 24,
+             progress: bool = True) -> Path:
+    """Run the whole loop and return the path of ``report.md``."""
+    from editors import QuickFixRequest, UCERequest, quickfix, uce
+    from tracing import trace_text_encoder, trace_unet
+    from tracing.plot import save_heatmap
+
+    from .evaluate import evaluate
+    from .toy import world
+
+    if model != "toy":
+        raise ValueError("the demo runs on the toy world (--model toy): its scorer is the ground truth")
+    if subject not in world.ARTISTS:
+        raise ValueError(f"the demo erases an artist; {subject!r} is not one of {world.ARTISTS}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    n = 6
+    wb = Workbench.load(model)
+    prompt = prompt or f"a red circle by {subject}"
+    holdouts = [a for a in world.HELD_OUT_ARTISTS if a != subject][:5]
+    aliases = [a for a, c in world.ALIASES.items() if c == subject]
+    unrelated = ["circle", "star", "blue", "danger"]
+
+    _step(1, n, f"samples of {prompt!r}")
+    save_image(grid(wb.sample([prompt] * 8, seed=0), nrow=8, scale=4), out / "samples.png")
+
+    _step(2, n, "text-encoder trace (self-attention outputs, noise-prediction proxy)")
+    text = trace_text_encoder(wb, prompt, subject, kind="self_attn", samples=trace_samples, progress=progress)
+    text.save(out / "trace_text")
+    save_heatmap(text, out / "trace_text.png")
+    text_layer = text.pick_layers(1)[0]
+
+    _step(3, n, "UNet trace (cross-attention layers × 4 step windows, proxy)")
+    unet = trace_unet(wb, prompt, subject, layers="attn2", windows=4, samples=trace_samples, progress=progress)
+    unet.save(out / "trace_unet")
+    save_heatmap(unet, out / "trace_unet.png")
+    unet_layers = unet.pick_layers(2)
+
+    _step(4, n, f"UCE on {unet_layers}; Diff-QuickFix on {text_layer}")
+    edits = {
+        "uce": uce(wb, UCERequest(erase=[subject], preserve=holdouts, tokens="to_end",
+                                  templates=ARTIST_TEMPLATES), unet_layers, progress=False),
+        "quickfix": quickfix(wb, QuickFixRequest([subject], ["painting"], templates=ARTIST_TEMPLATES, eos=True),
+                             [text_layer]),
+    }
+    for name, delta in edits.items():
+        delta.save(out / f"{name}.safetensors")
+
+    _step(5, n, f"evaluate both edits ({eval_samples} seeds per concept, same seeds before and after)")
+    reports = {}
+    for name, delta in edits.items():
+        reports[name] = evaluate(wb, delta, [subject], aliases=aliases, holdouts=holdouts, unrelated=unrelated,
+                                 samples=eval_samples)
+        reports[name].save_json(out / f"evaluate_{name}.json")
+        prompts = [f"a {c} {s} by {subject}" for c, s in zip(world.COLOURS, world.SHAPES, strict=False)]
+        before = wb.sample(prompts, seed=0)
+        with delta.applied(wb):
+            after = wb.sample(prompts, seed=0)
+        save_image(grid(torch.cat([before, after]), nrow=len(prompts), scale=4, labels=["before", "after"]),
+                   out / f"grid_{name}.png")
+
+    _step(6, n, "report")
+    report = out / "report.md"
+    text_md = _report(wb, prompt, subject, text, unet, text_layer, unet_layers, reports, time.time() - t0)
+    atomic_write(report, lambda tmp: Path(tmp).write_text(text_md))
+    summary = {name: r.to_dict()["summary"] for name, r in reports.items()}
+    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    print(f"text encoder picks {text_layer}; UNet picks {unet_layers}")
+    for name, r in reports.items():
+        s = r.summary
+        print(f"{name:9s} efficacy (relative drop) {s['efficacy_mean_relative_drop']:.0%}, held-out artists "
+              f"max change {s['specificity_max_abs_change']:.0%}")
+    print(f"done in {time.time() - t0:.0f} s; report: {report}")
+    return report
+
+
+def _report(wb, prompt, subject, text, unet, text_layer, unet_layers, reports, seconds) -> str:
+    lines = [f"# Demo: locate and erase {subject!r} in {wb.name}", "",
+             f"Prompt `{prompt}`, subject `{subject}` (tokens {wb.subject_positions(prompt, subject)}).", "",
+             "![samples](samples.png)", "", "## 1. Where does it live?", "",
+             "### Text encoder (self-attention outputs)", "",
+             "| layer | restore effect at the last subject token |", "|---|---|"]
+    lines += [f"| `{r}` | {text.effect(r):.3f} |" for r in text.rows]
+    lines += ["", f"Picked for Diff-QuickFix: `{text_layer}`", "", "![text trace](trace_text.png)", "",
+              "### UNet (cross-attention, 4 windows of denoising steps)", "",
+              "| layer | mean restore effect |", "|---|---|"]
+    lines += [f"| `{r}` | {unet.effect(r):.3f} |" for r in unet.rows]
+    lines += ["", f"Picked for UCE: {', '.join(f'`{x}`' for x in unet_layers)}", "", "![unet trace](trace_unet.png)",
+              "", "## 2. Erase it there, and measure", "",
+              "Rates are the share of images in which the toy world's classifier finds the concept, on the same "
+              "prompts and seeds before and after the edit (numbers from `evaluate_<editor>.json`).", ""]
+    for name, r in reports.items():
+        lines += [f"### {name}", "", r.markdown(), "", f"![{name} before/after](grid_{name}.png)", ""]
+    lines += [f"Total time {seconds:.0f} s."]
+    return "\n".join(lines) + "\n"
