@@ -59,3 +59,45 @@ def test_edit_esd_and_emcid_commands(tmp_path, capsys):
     out = tmp_path / "emcid.safetensors"
     assert main(["edit", "emcid", "--model", "tiny", "--requests", str(requests), "--out", str(out)]) == 2
     assert "caption" in capsys.readouterr().err  # a random model has no caption corpus: a clear error
+
+
+def _tiny_to_v_delta(seed: int, scale: float):
+    from workbench import WeightDelta, Workbench
+
+    wb = Workbench.random("tiny", seed=seed)
+    names = [f"{layer}.to_v.weight" for layer in wb.layers(kind="attn2")]
+    return WeightDelta.capture(wb, {n: wb.parameter(n).data * scale for n in names}, method="scale")
+
+
+def test_evaluate_delta_for_another_base_model_is_a_clear_error(tmp_path, capsys):
+    path = _tiny_to_v_delta(seed=1, scale=2.0).save(tmp_path / "other.safetensors")
+    assert main(["evaluate", "--model", "tiny", "--delta", str(path), "--concept", "cat", "--samples", "1"]) == 2
+    err = capsys.readouterr().err
+    assert (f"workbench evaluate: error: {path} was made for another base model, 'random-tiny-seed1', not for "
+            "--model tiny ('random-tiny-seed0')") in err and "to_v.weight" in err
+
+
+def test_evaluate_paraphrase_attack_grid_json(tmp_path, capsys, monkeypatch):
+    import json
+
+    from PIL import Image
+
+    # the CLI uses the toy world's prompts, scorer and vocabulary; stand-ins that fit the tiny model
+    monkeypatch.setattr("workbench.toy.check.concept_prompt", lambda c, i: f"a {c}")
+    monkeypatch.setattr("workbench.toy.check.paraphrase_prompt", lambda c, i: f"the {c} photo")
+    monkeypatch.setattr("workbench.toy.check.concept_scorer", lambda c: lambda images: images[:, 0].mean((1, 2)))
+    monkeypatch.setattr("workbench.toy.world.vocabulary", lambda: ["red", "photo", "dog"])
+    delta = _tiny_to_v_delta(seed=0, scale=30.0).save(tmp_path / "d.safetensors")
+    out_json, out_grid = tmp_path / "eval.json", tmp_path / "grid.png"
+    assert main(["evaluate", "--model", "tiny", "--delta", str(delta), "--concept", "cat", "--unrelated", "car",
+                 "--samples", "2", "--steps", "2", "--paraphrase", "--attack", "--attack-rounds", "1",
+                 "--attack-candidates", "2", "--attack-seeds", "2", "--grid", str(out_grid), "--grid-images", "2",
+                 "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out_json.read_text())
+    assert [r["group"] for r in report["rates"]] == ["edited", "paraphrase", "unrelated", "attack"]
+    assert report["attacks"][0]["tried"] <= 3 and report["fidelity"][0]["mean_abs"] > 0
+    assert report["settings"]["attack_candidates"] == 2 and report["settings"]["steps"] == 2
+    assert "| paraphrase | cat |" in printed and "| attack on |" in printed and f"wrote {out_grid}" in printed
+    assert Image.open(out_grid).height == 4 * 2 * (16 * 4 + 1) + 1  # 4 rows of concepts × before/after
+    assert report["summary"]["fidelity_mean_abs_pixel"] == report["fidelity"][0]["mean_abs"]

@@ -178,11 +178,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     wb = _load(args.model)
     delta = WeightDelta.load(args.delta)
+    try:
+        delta.check_base(wb)
+    except ValueError as err:  # the usual cause is a wrong --model: say which two models disagree
+        made_for = delta.metadata.get("model", "?")
+        kind = "other weights of" if made_for == wb.name else "another base model,"  # same name: retrained
+        raise ValueError(f"{args.delta} was made for {kind} {made_for!r}, not for --model {args.model} "
+                         f"({wb.name!r}); evaluate it on the model it was made from. Details: {err}") from err
     report = evaluate(wb, delta, args.concept, holdouts=args.holdout or [], aliases=args.alias or [],
-                      unrelated=args.unrelated or [], samples=args.samples, seed=args.seed)
+                      unrelated=args.unrelated or [], samples=args.samples, seed=args.seed, steps=args.steps,
+                      paraphrase=args.paraphrase, attack=args.attack, attack_rounds=args.attack_rounds,
+                      attack_candidates=args.attack_candidates, attack_seeds=args.attack_seeds,
+                      grid_images=args.grid_images if args.grid else 0, progress=True)
     print(report.markdown())
     if args.json:
         print(f"wrote {report.save_json(args.json)}")
+    if args.grid:
+        print(f"wrote {report.save_grid(args.grid)}")
     return 0
 
 
@@ -274,16 +286,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_apply)
 
-    p = sub.add_parser("evaluate", help="rates of edited, alias, held-out and unrelated concepts before/after")
+    p = sub.add_parser("evaluate", help="rates before/after (edited, alias, paraphrase, holdout, unrelated), "
+                       "adversarial prompt search, image fidelity, before/after grid")
     p.add_argument("--model", default="toy", help=MODEL_HELP)
     p.add_argument("--delta", required=True)
     p.add_argument("--concept", action="append", required=True)
     p.add_argument("--holdout", action="append")
     p.add_argument("--alias", action="append")
     p.add_argument("--unrelated", action="append")
-    p.add_argument("--samples", type=int, default=50)
+    p.add_argument("--samples", type=int, default=50, help="seeds per concept and group")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    p.add_argument("--paraphrase", action="store_true", help="also rate the edited concepts in unseen phrasings")
+    p.add_argument("--attack", action="store_true", help="greedy adversarial prompt search per edited concept")
+    p.add_argument("--attack-rounds", type=int, default=3)
+    p.add_argument("--attack-candidates", type=int, default=8, help="one-word edits tried per round")
+    p.add_argument("--attack-seeds", type=int, default=4, help="seeds per candidate prompt")
+    p.add_argument("--grid", help="write a before/after image grid (PNG) here")
+    p.add_argument("--grid-images", type=int, default=4, help="seeds per grid row")
+    p.add_argument("--json", help="write the report as JSON here")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="run the main job and write a report")

@@ -71,6 +71,35 @@ def concept_prompt(concept: str, i: int) -> str:
     raise ValueError(f"concept {concept!r} names nothing the toy world draws")
 
 
+def paraphrase_prompt(concept: str, i: int) -> str:
+    """The i-th paraphrased evaluation prompt for a concept: phrasings and word orders that neither
+    :func:`concept_prompt` nor the editors' templates ("{}", "a photo of {}", "an image of {}",
+    "a picture of {}") use, so a rate on them shows whether an edit generalises past the wording it saw."""
+    exp = world.parse_prompt(concept)
+    shape, colour = world.SHAPES[i % len(world.SHAPES)], world.COLOURS[(i * 3 + 1) % len(world.COLOURS)]
+    other = world.HELD_OUT_ARTISTS[i % len(world.HELD_OUT_ARTISTS)]  # a context artist, never an erased one
+    obj = f"{colour} {shape}"
+    if exp.artist is not None:
+        forms = ["a painting of {a} {o} by {c}", "{o} in the style of {c}", "{a} {o} in the style of {c}",
+                 "a painting of {a} {o} in the style of {c}"]
+    elif exp.hazard:  # the hazard word first, or after "with", as the training grammar allows
+        forms = ["{c} {a} {o}", "a painting of {a} {o} with {c}", "{o} with {c}", "{c} a painting of {a} {o}"]
+    elif exp.entity is not None or "mascot" in concept:  # names take no article
+        forms = ["a painting of {c}", "{c} in the style of {x}", "a painting of {c} by {x}"]
+    elif exp.profession is not None:
+        forms = ["a painting of {ac} {c}", "{c} in the style of {x}", "a painting of {ac} {c} by {x}"]
+    elif exp.shape is not None:
+        obj = f"{colour} {concept}"
+        forms = ["a painting of {a} {o}", "{o}", "{o} in the style of {x}"]
+    elif exp.colour is not None:
+        obj = f"{concept} {shape}"
+        forms = ["a painting of {a} {o}", "{o}", "{o} in the style of {x}"]
+    else:
+        raise ValueError(f"concept {concept!r} names nothing the toy world draws")
+    return forms[i % len(forms)].format(a=world._article(obj), o=obj, c=concept, ac=world._article(concept),
+                                        x=other)
+
+
 def labels(images: torch.Tensor) -> dict[str, list[str]]:
     """Argmax class names per family (CNN scorer)."""
     return {head: [classifier.HEADS[head][i] for i in p.argmax(1).tolist()]
