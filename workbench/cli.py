@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 MODEL_HELP = "toy, tiny, sd15, sd21 (random weights) or a local diffusers folder / .safetensors file"
@@ -39,42 +38,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on the toy world: sample, trace an artist in the text encoder and the UNet, report."""
-    from tracing import trace_text_encoder, trace_unet
-    from tracing.plot import save_heatmap
+    """The main job on the toy world: trace an artist, erase it on the located layers, evaluate, report."""
+    from .demo import run_demo
 
-    from .images import grid, save_image
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    wb = _load(args.model)
-    prompt, subject = args.prompt, args.subject
-    print(f"{wb}\nstep 1/3: samples of {prompt!r}")
-    images = wb.sample([prompt] * 8, seed=0, progress=True)
-    save_image(grid(images, nrow=8, scale=4), out / "samples.png")
-    print("step 2/3: text-encoder trace (hidden states, noise-prediction proxy)")
-    text = trace_text_encoder(wb, prompt, subject, metric="proxy")
-    text.save(out / "trace_text")
-    save_heatmap(text, out / "trace_text.png")
-    print("step 3/3: UNet trace (cross-attention layers × 4 step windows, proxy)")
-    unet = trace_unet(wb, prompt, subject, layers="attn2", windows=4)
-    unet.save(out / "trace_unet")
-    save_heatmap(unet, out / "trace_unet.png")
-    lines = [f"# Demo: where does {subject!r} live in {wb.name}?", "",
-             f"Prompt: `{prompt}`, subject `{subject}` (tokens {wb.subject_positions(prompt, subject)}).", "",
-             "![samples](samples.png)", "", "## Text encoder", "",
-             "| layer | restore effect at the last subject token |", "|---|---|"]
-    lines += [f"| {r} | {text.effect(r):.3f} |" for r in text.rows]
-    lines += ["", f"Picked: `{text.pick_layers(1)[0]}`", "", "![text trace](trace_text.png)", "", "## UNet", "",
-              "| layer | mean restore effect over step windows |", "|---|---|"]
-    lines += [f"| {r} | {unet.effect(r):.3f} |" for r in unet.rows]
-    lines += ["", f"Picked: `{unet.pick_layers(1)[0]}`", "", "![unet trace](trace_unet.png)", "",
-              f"Total time {time.time() - t0:.0f} s."]
-    report = out / "report.md"
-    report.write_text("\n".join(lines) + "\n")
-    print(f"text encoder picks {text.pick_layers(1)[0]}; UNet picks {unet.pick_layers(1)[0]}")
-    print(f"done in {time.time() - t0:.0f} s; report: {report}")
+    run_demo(args.out, model=args.model, subject=args.subject, prompt=args.prompt, trace_samples=args.trace_samples,
+             eval_samples=args.samples, attack=not args.no_attack)
     return 0
 
 
@@ -307,10 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the report as JSON here")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="run the main job and write a report")
+    p = sub.add_parser("demo", help="trace an artist, erase it on the located layers, evaluate, write a report")
     p.add_argument("--model", default="toy", help=MODEL_HELP)
-    p.add_argument("--prompt", default="a red circle by vera kolm")
-    p.add_argument("--subject", default="vera kolm")
+    p.add_argument("--subject", default="jonas flet", help="the artist to locate and erase")
+    p.add_argument("--prompt", help="the prompt to trace (default 'a red circle by SUBJECT')")
+    p.add_argument("--trace-samples", type=int, default=5, help="noise samples per trace")
+    p.add_argument("--samples", type=int, default=24, help="seeds per concept in the evaluation")
+    p.add_argument("--no-attack", action="store_true", help="skip the adversarial prompt search")
     p.add_argument("--out", default="out/demo")
     p.set_defaults(func=cmd_demo)
 

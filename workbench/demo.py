@@ -12,8 +12,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from .files import atomic_write
 from .images import grid, save_image
 from .model import Workbench
@@ -28,9 +26,9 @@ def _step(i: int, n: int, text: str) -> None:
     print(f"[{i}/{n}] {text}", flush=True)
 
 
-def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str = "vera kolm",
+def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str = "jonas flet",
              prompt: str | None = None, trace_samples: int = 5, eval_samples: int = 24,
-             progress: bool = True) -> Path:
+             attack: bool = True, progress: bool = True) -> Path:
     """Run the whole loop and return the path of ``report.md``."""
     from editors import QuickFixRequest, UCERequest, quickfix, uce
     from tracing import trace_text_encoder, trace_unet
@@ -78,18 +76,14 @@ def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str =
     for name, delta in edits.items():
         delta.save(out / f"{name}.safetensors")
 
-    _step(5, n, f"evaluate both edits ({eval_samples} seeds per concept, same seeds before and after)")
+    _step(5, n, f"evaluate both edits ({eval_samples} seeds per concept, same seeds before and after"
+                f"{', with an adversarial prompt search' if attack else ''})")
     reports = {}
     for name, delta in edits.items():
         reports[name] = evaluate(wb, delta, [subject], aliases=aliases, holdouts=holdouts, unrelated=unrelated,
-                                 samples=eval_samples)
+                                 samples=eval_samples, paraphrase=True, attack=attack, progress=progress)
         reports[name].save_json(out / f"evaluate_{name}.json")
-        prompts = [f"a {c} {s} by {subject}" for c, s in zip(world.COLOURS, world.SHAPES, strict=False)]
-        before = wb.sample(prompts, seed=0)
-        with delta.applied(wb):
-            after = wb.sample(prompts, seed=0)
-        save_image(grid(torch.cat([before, after]), nrow=len(prompts), scale=4, labels=["before", "after"]),
-                   out / f"grid_{name}.png")
+        reports[name].save_grid(out / f"grid_{name}.png")
 
     _step(6, n, "report")
     report = out / "report.md"
