@@ -210,9 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guidance", type=float)
     ap.add_argument("--steps", type=int)
     ap.add_argument("--json", help="write the full report here")
+    ap.add_argument("--model", default="toy", help="the shipped toy world, or an exported folder to check")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    report = run_check(Workbench.toy(), args.samples, steps=args.steps, guidance=args.guidance)
+    report = run_check(Workbench.load(args.model), args.samples, steps=args.steps, guidance=args.guidance)
     for name, rate in report["rates"].items():
         print(f"{name:28s} {rate:6.1%}")
     print("\nscorer agreement (CNN vs rule):", {k: f"{v:.1%}" for k, v in report["agreement_cnn_rule"].items()})
