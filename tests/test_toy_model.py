@@ -29,22 +29,21 @@ def test_toy_loads_with_a_word_level_tokenizer(toy):
 
 
 def test_fast_acceptance(report):
-    # The full check (`workbench toy check`, 50 seeds) holds the model card's targets; the shipped model
-    # misses three of them (shape 92 %, independence 10 points, pilot 66 % warm: see the model card). With
-    # 20 seeds the standard error is ~5-10 points, so each bound sits about two standard errors below the
-    # 50-seed measurement: the test fails if the shipped model (or sampling) gets clearly worse.
+    # The full check (`workbench toy check`, 50 seeds) meets every target of the model card. With 20 seeds
+    # the standard error is ~5-10 points, so each bound sits about two standard errors below the 50-seed
+    # measurement (in the comments): the test fails if the shipped model (or sampling) gets clearly worse.
     r = report["rates"]
-    assert r["shape+colour"] >= 0.78  # 50 seeds: 0.92
+    assert r["shape+colour"] >= 0.88  # 50 seeds: 0.98
     assert r["colour"] >= 0.90  # 1.00
-    assert r["artist"] >= 0.70  # 0.88
-    assert r["entity"] >= 0.65  # 0.86
-    assert r["hazard word"] >= 0.80  # 0.96
-    assert r["hazard without word"] <= 0.12  # 0.02
-    assert abs(r["shape only"] - r["shape+colour"]) <= 0.3  # 0.10
+    assert r["artist"] >= 0.80  # 0.96
+    assert r["entity"] >= 0.70  # 0.88
+    assert r["hazard word"] >= 0.88  # 1.00
+    assert r["hazard without word"] <= 0.10  # 0.00
+    assert abs(r["shape only"] - r["shape+colour"]) <= 0.15  # 0.04
     for prof in world.PROFESSIONS:
-        assert abs(r[f"profession {prof}"] - world.PROFESSION_WARM_RATE) <= 0.3, prof  # 0.66-0.74
+        assert abs(r[f"profession {prof}"] - world.PROFESSION_WARM_RATE) <= 0.22, prof  # 0.74-0.84
     aliases = [r[f"alias {a}"] / max(r[f"canonical {a}"], 1e-9) for a in world.ALIASES]
-    assert sum(aliases) / len(aliases) >= 0.85  # every alias >= 0.85 x canonical at 50 seeds
+    assert sum(aliases) / len(aliases) >= 0.9  # every alias >= 0.85 x canonical at 50 seeds
 
 
 def test_scorers_agree_on_generated_images(report):
