@@ -28,6 +28,10 @@ class UCERequest:
     moderate: list[str] = field(default_factory=list)  # mapped to the empty prompt
     debias: dict[str, dict[str, float]] = field(default_factory=dict)  # concept -> {attribute: ratio}
     preserve: list[str] = field(default_factory=list)
+    # whole prompts whose every token state must keep its output (UCE v1 preserves all positions of its
+    # retain texts): protects what other prompts carry in end-of-text/padding positions, e.g. captions
+    # without the moderated words
+    preserve_prompts: list[str] = field(default_factory=list)
     lam: float = 0.5
     erase_scale: float = 1.0
     preserve_scale: float = 1.0
@@ -140,6 +144,9 @@ def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None,
     keys_src = concept_keys(wb, sources, req.tokens, req.templates)
     keys_tgt = concept_keys(wb, targets, req.tokens, req.templates)
     preserve = _flat(concept_keys(wb, req.preserve, req.tokens, req.templates))
+    if req.preserve_prompts:
+        whole = wb.encode(list(req.preserve_prompts)).flatten(0, 1)
+        preserve = whole if preserve is None else torch.cat([preserve, whole])
     keys, target_keys = _pairs(keys_src, keys_tgt) if sources else (None, None)
     meta = {"method": "uce", "request": asdict(req), "parameters": params}
 
