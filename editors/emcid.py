@@ -264,12 +264,9 @@ def block_of(wb: Workbench, layer: str) -> str:
 # ---------------------------------------------------------------------------------------------- corpus
 def toy_captions(n: int = 2000, seed: int = 0) -> list[str]:
     """Captions from the toy world's training grammar: the default corpus for the toy model."""
-    import numpy as np
+    from workbench.toy.world import captions
 
-    from workbench.toy.world import prompt_for, random_scene
-
-    rng = np.random.default_rng(seed)
-    return [prompt_for(random_scene(rng), rng) for _ in range(n)]
+    return captions(n, seed)
 
 
 def _captions(wb: Workbench, captions: Sequence[str] | str | os.PathLike | None) -> tuple[list[str], str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -459,6 +460,20 @@ def render(scene: Scene, rng: np.random.Generator) -> np.ndarray:
         mark, (y0, x0) = hazard_mark()
         img[y0:, x0:] = mark
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def captions(n: int, seed: int = 0, keep: Callable[[Scene], bool] | None = None, **mix: float) -> list[str]:
+    """``n`` captions from the training grammar (a preserve corpus for the editors); ``keep`` filters the
+    scenes, e.g. ``lambda s: not s.hazard`` for captions without hazard words. ``mix`` as in ``random_scene``."""
+    rng = np.random.default_rng(seed)
+    out: list[str] = []
+    for _ in range(1000 * n):
+        scene = random_scene(rng, **mix)
+        if keep is None or keep(scene):
+            out.append(prompt_for(scene, rng))
+            if len(out) == n:
+                return out
+    raise ValueError(f"only {len(out)} of {n} captions pass the filter; loosen it or change the mix")
 
 
 def sample_batch(rng: np.random.Generator, n: int, **mix: float) -> tuple[list[str], np.ndarray, list[Scene]]:
