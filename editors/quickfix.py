@@ -29,6 +29,10 @@ class QuickFixRequest:
     templates: list[str] = field(default_factory=lambda: list(TEMPLATES))
     lam: float = 0.01
     eos: bool = False  # also map the positions after the subject through end-of-text / padding
+    # Not in the paper: whole prompts whose every position must keep its output (as UCE's preserve set).
+    # With ``eos`` the edit touches end-of-text/padding positions every prompt has; these protect them.
+    preserve_prompts: list[str] = field(default_factory=list)
+    preserve_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -89,6 +93,10 @@ def quickfix(wb: Workbench, request: QuickFixRequest, layers: Sequence[str] | No
     bias = module.bias.detach() if module.bias is not None else torch.zeros(module.out_features)
     w_name = f"{layer}.weight"
     w = wb.parameter(w_name).detach()
-    new = ridge_solve(w, k.to(w), (v - bias).to(w), lam=req.lam)
+    preserve = None
+    if req.preserve_prompts:
+        _, reads = wb.run_text(wb.token_ids(list(req.preserve_prompts)), read=[f"{layer}:input"])
+        preserve = reads[f"{layer}:input"].flatten(0, 1).to(w)
+    new = ridge_solve(w, k.to(w), (v - bias).to(w), preserve, lam=req.lam, preserve_scale=req.preserve_scale)
     return WeightDelta.capture(wb, {w_name: new}, method="quickfix", request=asdict(req), layer=layer,
                                pairs=int(k.shape[0]))

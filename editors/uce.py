@@ -128,13 +128,14 @@ def _solve_all(wb: Workbench, params: list[str], keys: torch.Tensor, targets: to
 
 
 def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None, *,
-        attribute_scorer: Callable[[torch.Tensor], torch.Tensor] | None = None, debias_samples: int = 32,
+        attribute_scorer: Callable[[torch.Tensor], torch.Tensor] | None = None, debias_samples: int = 64,
         max_rounds: int = 30, tolerance: float = 0.05, seed: int = 0, progress: bool = True) -> WeightDelta:
     """Edit ``to_k``/``to_v`` of the given ``attn2`` layers (all by default) and return the WeightDelta.
 
     Debiasing needs ``attribute_scorer(images) -> (B, n_attributes)`` probabilities in the order of the
     request's attribute dict; α is raised by the measured gap each round (as UCE does) until every gap is
-    below ``tolerance`` or ``max_rounds`` is reached.
+    below ``tolerance`` or ``max_rounds`` is reached. Each round generates ``debias_samples`` images of the
+    concept in the request's templates, on the same seeds; the round with the smallest gap is returned.
     """
     req = request
     params = kv_parameters(wb, layers)
@@ -157,31 +158,41 @@ def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None,
         raise ValueError("debiasing needs attribute_scorer=<callable images -> attribute probabilities>")
     concepts = list(req.debias)
     attrs = {c: list(req.debias[c]) for c in concepts}
-    c_keys = {c: concept_keys(wb, [c], "last")[0][0] for c in concepts}
-    a_keys = {c: torch.cat([k[0] for k in concept_keys(wb, attrs[c], "last")]) for c in concepts}
+    # Keys at the concept's last token in every template context; attributes read in the same contexts.
+    c_keys = {c: torch.cat(concept_keys(wb, [c], "last", req.templates)[0]) for c in concepts}
+    a_keys = {c: torch.stack([torch.cat(k) for k in concept_keys(wb, attrs[c], "last", req.templates)])
+              for c in concepts}
     alpha = {c: torch.zeros(len(attrs[c])) for c in concepts}
     history = []
-    delta = None
+    best, best_gap = None, float("inf")
     bar = tqdm(range(max_rounds), desc="uce debias", disable=not progress, leave=False)
-    for round_ in bar:
-        debias_targets = [c_keys[c] + (alpha[c][:, None] * a_keys[c]).sum(0, keepdim=True) for c in concepts]
+    for _ in bar:
+        debias_targets = [c_keys[c] + (alpha[c][:, None, None] * a_keys[c]).sum(0) for c in concepts]
         all_keys = torch.cat([k for k in (keys, *[c_keys[c] for c in concepts]) if k is not None])
         all_targets = torch.cat([t for t in (target_keys, *debias_targets) if t is not None])
         delta = WeightDelta.capture(wb, _solve_all(wb, params, all_keys, all_targets, preserve, req), **meta)
         gaps = {}
         with delta.applied(wb):
             for c in concepts:
-                images = wb.sample([c] * debias_samples, seed=seed + 1000 * round_, batch_size=debias_samples)
+                # The same seeds every round (common random numbers): round-to-round changes in the measured
+                # ratio then come from α, not from resampling noise.
+                prompts = [_fill(req.templates[i % len(req.templates)], c) for i in range(debias_samples)]
+                images = wb.sample(prompts, seed=seed, batch_size=debias_samples)
                 ratios = attribute_scorer(images).float().mean(0)
                 want = torch.tensor([req.debias[c][a] for a in attrs[c]])
                 gaps[c] = want - ratios
         history.append({c: {"ratios": (torch.tensor([req.debias[c][a] for a in attrs[c]]) - g).tolist(),
                             "alpha": alpha[c].tolist()} for c, g in gaps.items()})
-        bar.set_postfix(gap=max(float(g.abs().max()) for g in gaps.values()))
-        if all(float(g.abs().max()) < tolerance for g in gaps.values()):
+        gap = max(float(g.abs().max()) for g in gaps.values())
+        if gap < best_gap:
+            best, best_gap = delta, gap
+        bar.set_postfix(gap=gap)
+        if gap < tolerance:
             break
         for c in concepts:
             alpha[c] = alpha[c] + gaps[c]
+    delta = best
+    delta.metadata["debias_best_gap"] = best_gap
     delta.metadata["debias_history"] = history
     delta.metadata["debias_rounds"] = len(history)
     return delta
