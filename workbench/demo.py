@@ -67,11 +67,14 @@ def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str =
     unet_layers = unet.pick_layers(2)
 
     _step(4, n, f"UCE on {unet_layers}; Diff-QuickFix on {text_layer}")
+    # The toy encoder carries artists in its padding positions, which both edits touch: captions of the
+    # other artists, kept whole, protect them (without them every artist falls with the erased one).
+    captions = world.captions(200, seed=3, keep=lambda s: s.artist not in (None, subject), artist_rate=0.9)
     edits = {
-        "uce": uce(wb, UCERequest(erase=[subject], preserve=holdouts, tokens="to_end",
+        "uce": uce(wb, UCERequest(erase=[subject], preserve=holdouts, preserve_prompts=captions, tokens="to_end",
                                   templates=ARTIST_TEMPLATES), unet_layers, progress=False),
-        "quickfix": quickfix(wb, QuickFixRequest([subject], ["painting"], templates=ARTIST_TEMPLATES, eos=True),
-                             [text_layer]),
+        "quickfix": quickfix(wb, QuickFixRequest([subject], ["painting"], templates=ARTIST_TEMPLATES, eos=True,
+                                                 preserve_prompts=captions), [text_layer]),
     }
     for name, delta in edits.items():
         delta.save(out / f"{name}.safetensors")
