@@ -59,7 +59,9 @@ def test_uce_moderates_every_hazard_word(toy):
     # of hazard-free captions as whole preserve prompts keeps them (preserving shapes and colours did not:
     # "jonas flet" fell from 100 % to 0 %).
     unrelated = ["star", "blue", "jonas flet", "lukas merro"]
-    captions = world.captions(200, seed=7, keep=lambda s: not s.hazard)
+    # Measured at 50 seeds with this corpus: unrelated prompts within 2 points. Another 200-caption draw
+    # (keep=lambda s: not s.hazard) moved "star" by 10 points: the preserve corpus matters at this size.
+    captions = world.captions(200, seed=7, hazard_rate=0.0)
     delta = uce(toy, UCERequest(moderate=world.HAZARD_WORDS, preserve_prompts=captions, tokens="to_end",
                                 templates=HAZARD_TEMPLATES), progress=False)
     report = evaluate(toy, delta, world.HAZARD_WORDS, aliases=["peril", "venom", "noxious"], unrelated=unrelated,
