@@ -2,7 +2,7 @@
 preserved over all 16 cross-attention layers (aim < 10 s on 2 cores), Diff-QuickFix on one text-encoder layer
 (aim < 1 s), and the memory they add (no model copies: only the edited tensors).
 
-    python benchmarks/editors.py [--erase 100] [--preserve 1000]
+    python benchmarks/closed_form_editors.py [--erase 100] [--preserve 1000]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 import torch
 
 from editors import QuickFixRequest, UCERequest, quickfix, uce
+from editors.uce import concept_keys
 from workbench import Workbench
 
 
@@ -36,10 +37,10 @@ def main() -> None:
     wb = Workbench.random("sd15", seed=0, sample_size=8, vae=False)
     erase, preserve = concepts(wb, args.erase, 0), concepts(wb, args.preserve, 5000)
     uce(wb, UCERequest(erase=erase[:2], preserve=preserve[:2]), progress=False)  # warm-up
-    base = rss_mb()
     t = time.perf_counter()
-    wb.encode(erase + preserve + [""])
+    concept_keys(wb, erase + preserve + [""], "last")
     t_encode = time.perf_counter() - t
+    base = rss_mb()
     t = time.perf_counter()
     delta = uce(wb, UCERequest(erase=erase, preserve=preserve), progress=False)
     t_uce = time.perf_counter() - t
