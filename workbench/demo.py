@@ -22,6 +22,9 @@ ARTIST_TEMPLATES = ["{}", "a circle by {}", "a red square in the style of {}", "
                     "a painting of a heart by {}"]
 
 
+MIN_EFFECT = 0.05  # below this restore effect a trace has located nothing
+
+
 def _step(i: int, n: int, text: str) -> None:
     print(f"[{i}/{n}] {text}", flush=True)
 
@@ -59,6 +62,14 @@ def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str =
     text.save(out / "trace_text")
     save_heatmap(text, out / "trace_text.png")
     text_layer = text.pick_layers(1)[0]
+    if text.effect(text_layer) < MIN_EFFECT:
+        # Nothing at the real tokens restores the concept (the toy encoder keeps artists in its padding
+        # positions): fall back to Diff-QuickFix's own default, layer 0, and say so in the report.
+        print(f"the text trace found no causal state (best {text.effect(text_layer):.3f} < {MIN_EFFECT}); "
+              f"Diff-QuickFix uses its default layer 0")
+        text_layer = fallback_layer = wb.layers("self_attn")[0]
+    else:
+        fallback_layer = None
 
     _step(3, n, "UNet trace (cross-attention layers × 4 step windows, proxy)")
     unet = trace_unet(wb, prompt, subject, layers="attn2", windows=4, samples=trace_samples, progress=progress)
@@ -90,7 +101,8 @@ def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str =
 
     _step(6, n, "report")
     report = out / "report.md"
-    text_md = _report(wb, prompt, subject, text, unet, text_layer, unet_layers, reports, time.time() - t0)
+    text_md = _report(wb, prompt, subject, text, unet, text_layer, unet_layers, reports, time.time() - t0,
+                      fallback=fallback_layer is not None)
     atomic_write(report, lambda tmp: Path(tmp).write_text(text_md))
     summary = {name: r.to_dict()["summary"] for name, r in reports.items()}
     atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
@@ -103,14 +115,16 @@ def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str =
     return report
 
 
-def _report(wb, prompt, subject, text, unet, text_layer, unet_layers, reports, seconds) -> str:
+def _report(wb, prompt, subject, text, unet, text_layer, unet_layers, reports, seconds, fallback=False) -> str:
     lines = [f"# Demo: locate and erase {subject!r} in {wb.name}", "",
              f"Prompt `{prompt}`, subject `{subject}` (tokens {wb.subject_positions(prompt, subject)}).", "",
              "![samples](samples.png)", "", "## 1. Where does it live?", "",
              "### Text encoder (self-attention outputs)", "",
              "| layer | restore effect at the last subject token |", "|---|---|"]
     lines += [f"| `{r}` | {text.effect(r):.3f} |" for r in text.rows]
-    lines += ["", f"Picked for Diff-QuickFix: `{text_layer}`", "", "![text trace](trace_text.png)", "",
+    pick = (f"No state restores the concept (every effect < {MIN_EFFECT}), so Diff-QuickFix edits its default "
+            f"layer: `{text_layer}`" if fallback else f"Picked for Diff-QuickFix: `{text_layer}`")
+    lines += ["", pick, "", "![text trace](trace_text.png)", "",
               "### UNet (cross-attention, 4 windows of denoising steps)", "",
               "| layer | mean restore effect |", "|---|---|"]
     lines += [f"| `{r}` | {unet.effect(r):.3f} |" for r in unet.rows]
