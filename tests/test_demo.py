@@ -26,6 +26,7 @@ def test_demo_report_matches_the_evaluation_json(tmp_path):
     for png in ("samples.png", "trace_text.png", "trace_unet.png"):
         assert (tmp_path / png).stat().st_size > 1000
     assert "text.encoder.layers." in text and "attn2" in text
+    assert "No state restores" not in text  # with padding positions traced, the toy artist is located
 
 
 def test_demo_refuses_a_non_artist(tmp_path):

@@ -41,6 +41,30 @@ def test_text_trace_finds_the_only_mixing_layer(seed, keep):
     assert result.scores[:, : min(result.subject_cols)].abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("seed,keep", [(5, 0), (6, 2)])
+def test_text_trace_over_padding_positions(seed, keep):
+    """tokens="all" restores padding states too (SD's UNet reads all of them); such traces rank by max."""
+    wb = Workbench.random("tiny", seed=seed, vae=False)
+    _plant_text(wb, keep)
+    result = trace_text_encoder(wb, PROMPT, SUBJECT, kind="self_attn", metric="text", samples=2, tokens="all",
+                                progress=False)
+    n_real = len(wb.tokens(PROMPT))
+    assert len(result.cols) == wb.max_length and result.cols[n_real] == f"<pad>@{n_real}"
+    assert result.settings["rank_by"] == "max" and result.pick_layers(1) == [f"text.encoder.layers.{keep}.self_attn"]
+    # the mixing layer carries the subject into the padding: restoring it there restores something
+    assert result.scores[keep, n_real:].min() > 1e-5  # each is one of ~70 corrupted positions
+    others = [i for i in range(len(result.rows)) if i != keep]
+    assert result.scores[others].abs().max() < 1e-6
+    grouped = result.grouped()
+    assert grouped.cols[-1] == "padding"
+    assert torch.allclose(grouped.scores[:, -1], result.scores[:, n_real:].mean(1))
+    assert torch.allclose(grouped.scores[:, -2], result.scores[:, n_real - 1])  # "last token" is the end-of-text
+    with pytest.raises(ValueError, match="tokens must be 'real', 'all'"):
+        trace_text_encoder(wb, PROMPT, SUBJECT, tokens="padding", progress=False)
+    with pytest.raises(ValueError, match=r"position 99 is outside prompt .* 77 positions with padding"):
+        trace_text_encoder(wb, PROMPT, SUBJECT, tokens=[99], progress=False)
+
+
 @pytest.mark.parametrize("seed,which", [(0, 0), (1, 2), (2, 3), (4, 1)])
 def test_unet_trace_finds_the_only_text_reading_layer(seed, which):
     wb = Workbench.random("tiny", seed=seed, vae=False)

@@ -54,9 +54,11 @@ class TraceResult:
         """One value per row used to rank layers.
 
         ``last_subject`` (text default, Basu et al.: the state at the last subject token), ``max`` over
-        columns, or ``mean`` over columns (UNet default).
+        columns (the default of text traces that include padding positions), or ``mean`` over columns (UNet
+        default). A trace may record its own default as ``settings["rank_by"]``.
         """
-        by = by or ("last_subject" if self.part == "text" and self.subject_cols else "mean")
+        by = by or self.settings.get("rank_by") or ("last_subject" if self.part == "text" and self.subject_cols
+                                                     else "mean")
         if by == "last_subject":
             if not self.subject_cols:
                 raise ValueError("this result has no subject columns; rank by 'max' or 'mean'")
@@ -107,16 +109,27 @@ class TraceResult:
                    model_fingerprint=first.model_fingerprint, seconds=sum(r.seconds for r in results))
 
     def grouped(self) -> TraceResult:
-        """This text trace with its token columns averaged into ROME's six token groups (NaN if empty)."""
+        """This text trace with its token columns averaged into ROME's six token groups (NaN if empty), plus
+        a "padding" group when the trace restored padding positions."""
         if not self.subject_cols:
             raise ValueError("grouping needs subject columns")
-        first, last, n = min(self.subject_cols), max(self.subject_cols), len(self.cols)
+        positions = self.settings.get("positions")
+        if positions is not None and list(positions) != list(range(len(self.cols))):
+            raise ValueError("grouping needs a trace over consecutive positions from the start token (tokens='real' "
+                             f"or 'all'); this one restored positions {positions}")
+        first, last = min(self.subject_cols), max(self.subject_cols)
+        # Columns past the prompt's end-of-text (a trace with tokens="all") form a seventh group.
+        n = int(self.settings.get("real_tokens", len(self.cols)))
         members: list[list[int]] = [[first], list(range(first + 1, last)), [last], [last + 1] if last + 1 < n - 1
                                     else [], list(range(last + 2, n - 1)), [n - 1]]
+        labels = list(TOKEN_GROUPS)
+        if n < len(self.cols):
+            members.append(list(range(n, len(self.cols))))
+            labels.append("padding")
         cols = [self.scores[:, m].mean(1) if m else torch.full((len(self.rows),), float("nan")) for m in members]
         if first == last:
             cols[0] = torch.full((len(self.rows),), float("nan"))  # a one-token subject is its own last token
-        return TraceResult(scores=torch.stack(cols, 1), rows=self.rows, cols=list(TOKEN_GROUPS), part=self.part,
+        return TraceResult(scores=torch.stack(cols, 1), rows=self.rows, cols=labels, part=self.part,
                            kind=self.kind, metric=self.metric, prompt=self.prompt, subject=self.subject,
                            subject_cols=[0, 1, 2], clean=self.clean, corrupted=self.corrupted,
                            settings=self.settings, model=self.model, model_fingerprint=self.model_fingerprint,

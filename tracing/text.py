@@ -21,7 +21,8 @@ TEXT_KINDS = ("hidden", "self_attn", "mlp")
 
 def trace_text_encoder(wb: Workbench, prompt: str, subject: str, *, kind: str = "hidden", window: int = 1,
                        metric: str = "proxy", scorer: Scorer | None = None, samples: int = 10, noise: float = 3.0,
-                       std: float | None = None, seed: int = 0, draws: int = 3, tokens: Sequence[int] | None = None,
+                       std: float | None = None, seed: int = 0, draws: int = 3,
+                       tokens: Sequence[int] | str | None = None,
                        steps: int | None = None, guidance: float | None = None, batch_size: int = 512,
                        progress: bool = True) -> TraceResult:
     """Restore effect of every (text-encoder layer, token) state of ``kind`` for ``subject`` in ``prompt``.
@@ -30,7 +31,9 @@ def trace_text_encoder(wb: Workbench, prompt: str, subject: str, *, kind: str = 
     ``mlp`` (that module's output, restored over ``window`` consecutive layers centred on the row, as ROME).
     ``metric``: ``proxy`` (noise-prediction restoration over ``draws`` (noise, timestep) pairs), ``text``
     (restoration of the final text states) or ``faithful`` (generate from the restored text, score with
-    ``scorer``). ``tokens`` limits the restored positions (default: every real token).
+    ``scorer``). ``tokens``: the restored positions, a list of indices, ``"real"`` (default: start token to
+    end-of-text) or ``"all"`` (every position the UNet reads, padding included: an encoder may carry a
+    concept in its padding states, as the toy one does for artists; rank such maps with ``by="max"``).
     """
     check_metric(metric, scorer)
     if kind not in TEXT_KINDS:
@@ -41,11 +44,22 @@ def trace_text_encoder(wb: Workbench, prompt: str, subject: str, *, kind: str = 
         raise ValueError("empty prompt: nothing to trace")
     t0 = time.perf_counter()
     pos = wb.subject_positions(prompt, subject)
-    toks = wb.tokens(prompt)
-    cols = list(range(len(toks))) if tokens is None else list(tokens)
+    toks = token_labels(wb, prompt)
+    n_real = len(wb.tokens(prompt))
+    if tokens is None or tokens == "real":
+        cols = list(range(n_real))
+    elif tokens == "all":
+        cols = list(range(len(toks)))
+    elif isinstance(tokens, str):
+        raise ValueError(f"tokens must be 'real', 'all' or a list of positions, got {tokens!r}")
+    else:
+        cols = list(tokens)
+    if not cols:
+        raise ValueError(f"no token positions to restore for prompt {prompt!r}")
     for t in cols:
         if not 0 <= t < len(toks):
-            raise ValueError(f"token position {t} is outside prompt {prompt!r} ({len(toks)} tokens)")
+            raise ValueError(f"token position {t} is outside prompt {prompt!r} ({n_real} tokens, "
+                             f"{len(toks)} positions with padding)")
     layers = wb.layers(kind, part="text")
     rows = (["text.embeddings"] if kind == "hidden" else []) + layers
 
@@ -94,8 +108,17 @@ def trace_text_encoder(wb: Workbench, prompt: str, subject: str, *, kind: str = 
         metric=metric, prompt=prompt, subject=subject, subject_cols=[cols.index(p) for p in pos if p in cols],
         clean=clean_value, corrupted=corrupted_value,
         settings={"window": window, "samples": samples, "noise": noise, "std": std, "seed": seed, "draws": draws,
-                  "positions": cols, "subject_positions": pos},
+                  "positions": cols, "subject_positions": pos, "real_tokens": n_real,
+                  # A concept the encoder moved into padding is not at the last subject token.
+                  "rank_by": "max" if any(t >= n_real for t in cols) else "last_subject"},
         model=wb.name, model_fingerprint=wb.fingerprint(), seconds=time.perf_counter() - t0)
+
+
+def token_labels(wb: Workbench, prompt: str) -> list[str]:
+    """A label per position the UNet reads: the prompt's tokens, then ``<pad>@i`` for padding (SD-1.x pads
+    with end-of-text, so the raw token would repeat and hide which position it is)."""
+    real = wb.tokens(prompt)
+    return real + [f"<pad>@{i}" for i in range(len(real), wb.max_length)]
 
 
 def _masked_restore(layer: str, mask: torch.Tensor, clean_state: torch.Tensor) -> Patch:

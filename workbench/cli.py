@@ -62,9 +62,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
     common = dict(metric=args.metric, scorer=scorer, samples=args.samples, noise=args.noise, seed=args.seed,
                   steps=args.steps)
     if args.part == "text":
-        result = trace_text_encoder(wb, args.prompt, args.subject, kind=args.kind, window=args.window, **common)
+        result = trace_text_encoder(wb, args.prompt, args.subject, kind=args.kind, window=args.window,
+                                    tokens=args.tokens, **common)
     else:
         result = trace_unet(wb, args.prompt, args.subject, layers=args.layers, windows=args.windows, **common)
+    if args.rank_by:  # recorded, so that `workbench edit --trace` picks the same layers
+        result.settings["rank_by"] = args.rank_by
     out = result.save(args.out)
     save_heatmap(result, out / "heatmap.png")
     print(f"{result.part} trace of {args.subject!r} in {args.prompt!r} ({result.metric}, {result.seconds:.1f} s)")
@@ -205,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=["proxy", "text", "faithful"], default="proxy")
     p.add_argument("--kind", default="hidden", help="text part: hidden, self_attn or mlp")
     p.add_argument("--window", type=int, default=1, help="text part: layers restored together (self_attn/mlp)")
+    p.add_argument("--tokens", choices=["real", "all"], default="real",
+                   help="text part: restore the prompt's tokens only, or padding positions too")
+    p.add_argument("--rank-by", choices=["last_subject", "max", "mean"],
+                   help="how layers are ranked (default: last_subject for text, max with --tokens all, mean "
+                        "for unet)")
     p.add_argument("--layers", default="attn2", help="unet part: a kind (attn2, resnet, ff, block, ...) or glob")
     p.add_argument("--windows", type=int, default=1, help="unet part: number of denoising-step windows")
     p.add_argument("--samples", type=int, default=10, help="noise samples")

@@ -57,14 +57,16 @@ def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str =
     _step(1, n, f"samples of {prompt!r}")
     save_image(grid(wb.sample([prompt] * 8, seed=0), nrow=8, scale=4), out / "samples.png")
 
-    _step(2, n, "text-encoder trace (self-attention outputs, noise-prediction proxy)")
-    text = trace_text_encoder(wb, prompt, subject, kind="self_attn", samples=trace_samples, progress=progress)
+    _step(2, n, "text-encoder trace (self-attention outputs at every position the UNet reads, proxy)")
+    # Padding positions included: the toy encoder moves artists into its padding states, so a trace of the
+    # real tokens alone finds nothing (SD's UNet reads the padding states too).
+    text = trace_text_encoder(wb, prompt, subject, kind="self_attn", tokens="all", samples=trace_samples,
+                              progress=progress)
     text.save(out / "trace_text")
     save_heatmap(text, out / "trace_text.png")
     text_layer = text.pick_layers(1)[0]
     if text.effect(text_layer) < MIN_EFFECT:
-        # Nothing at the real tokens restores the concept (the toy encoder keeps artists in its padding
-        # positions): fall back to Diff-QuickFix's own default, layer 0, and say so in the report.
+        # No state restores the concept: fall back to Diff-QuickFix's own default, layer 0, and say so.
         print(f"the text trace found no causal state (best {text.effect(text_layer):.3f} < {MIN_EFFECT}); "
               f"Diff-QuickFix uses its default layer 0")
         text_layer = fallback_layer = wb.layers("self_attn")[0]
@@ -120,8 +122,13 @@ def _report(wb, prompt, subject, text, unet, text_layer, unet_layers, reports, s
              f"Prompt `{prompt}`, subject `{subject}` (tokens {wb.subject_positions(prompt, subject)}).", "",
              "![samples](samples.png)", "", "## 1. Where does it live?", "",
              "### Text encoder (self-attention outputs)", "",
-             "| layer | restore effect at the last subject token |", "|---|---|"]
-    lines += [f"| `{r}` | {text.effect(r):.3f} |" for r in text.rows]
+             "| layer | best restore effect (position) |", "|---|---|"]
+    best = text.scores.argmax(1).tolist()
+    lines += [f"| `{r}` | {text.effect(r):.3f} ({text.cols[j]}) |" for r, j in zip(text.rows, best, strict=True)]
+    at_last = float(text.scores[:, max(text.subject_cols)].max())
+    if at_last < MIN_EFFECT <= float(text.ranking().max()):
+        lines += ["", f"The last subject token itself carries little (best {at_last:.3f}): the encoder moves the "
+                  "concept into later positions, padding included, which the UNet reads as well."]
     pick = (f"No state restores the concept (every effect < {MIN_EFFECT}), so Diff-QuickFix edits its default "
             f"layer: `{text_layer}`" if fallback else f"Picked for Diff-QuickFix: `{text_layer}`")
     lines += ["", pick, "", "![text trace](trace_text.png)", "",
