@@ -1,9 +1,10 @@
 """Family-averaged restore-effect maps on the toy world, and proxy vs faithful agreement and cost.
 
 For each concept family (shape, colour, artist, entity, hazard) and ``--prompts`` prompts: a text-encoder
-trace (hidden states) and a UNet trace (cross-attention layers), with the proxy metric and the faithful
-one (generate + toy scorer). Prints per family the most causal layers/tokens, the Spearman correlation of
-the proxy's and the faithful layer ranking (mean over prompts) and the cost ratio; writes heatmaps and a
+trace (hidden states, every position incl. padding) and a UNet trace (cross-attention layers), with the
+proxy metric and the faithful one (generate + toy scorer). Prints per family the most causal layers and
+tokens, the Spearman correlation of proxy and faithful (text: over layer × position cells from the subject
+on; UNet: over the 20 UNet sites), mean over prompts, and the cost ratio; writes heatmaps and a
 JSON summary to ``--out``.
 
     python benchmarks/toy_maps.py [--prompts 10] [--samples 5] [--compare-prompts 4] [--out out/toy_maps]
@@ -50,28 +51,40 @@ def family_prompts(n: int, seed: int = 4242) -> dict[str, list[tuple[str, str]]]
 UNET_KINDS = ["resnet", "attn1", "attn2", "ff"]
 
 
+def proxy_cells(summary: dict, family: str) -> str:
+    sizes = sorted({len(e) for e in summary[family]["text_proxy_effects"]})
+    return "-".join(str(n) for n in (sizes[0], sizes[-1])) if len(sizes) > 1 else str(sizes[0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=10, help="prompts per family for the proxy maps")
     ap.add_argument("--samples", type=int, default=5, help="noise samples of the proxy maps")
     ap.add_argument("--compare-prompts", type=int, default=4, help="prompts per family for proxy vs faithful")
     ap.add_argument("--proxy-samples", type=int, default=3, help="noise samples of the compared proxy")
-    ap.add_argument("--faithful-samples", type=int, default=5, help="noise samples (images) of faithful")
+    # The faithful metric is the reference, so it must be precise: with 5 images per cell its own ranking
+    # is noisy enough to cap any correlation with it.
+    ap.add_argument("--faithful-samples", type=int, default=16, help="noise samples (images) of faithful, UNet")
+    ap.add_argument("--faithful-text-samples", type=int, default=8, help="the same for text cells (more cells)")
+    ap.add_argument("--families", nargs="*", help="only these families (default all five)")
     ap.add_argument("--out", default="out/toy_maps")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     wb = Workbench.toy()
     unet_rows = wb.layers(UNET_KINDS, part="unet")
     summary = {}
     for family, pairs in family_prompts(args.prompts).items():
+        if args.families and family not in args.families:
+            continue
         maps: dict[str, list[TraceResult]] = {k: [] for k in ("text-map", "unet-map", "text-proxy", "text-faithful",
                                                                "unet-proxy", "unet-faithful")}
         for n, (prompt, subject) in enumerate(pairs):
             common = dict(samples=args.samples, progress=False)
-            # full maps (proxy) for the family picture
-            maps["text-map"].append(trace_text_encoder(wb, prompt, subject, metric="proxy", **common))
+            # full maps (proxy) for the family picture, padding positions included
+            maps["text-map"].append(trace_text_encoder(wb, prompt, subject, metric="proxy", tokens="all", **common))
             maps["unet-map"].append(trace_unet(wb, prompt, subject, windows=4, metric="proxy", **common))
             if n >= args.compare_prompts:
                 continue
@@ -79,12 +92,16 @@ def main() -> None:
             # site (resnet, attn1, attn2, ff) restored at all steps. The proxy is a continuous read-out with
             # little variance, so it needs fewer noise samples than a scorer over images.
             scorer = concept_scorer(subject)
-            last = [wb.subject_positions(prompt, subject)[-1]]
+            # Text cells: every state from the first subject token on, padding included (earlier positions
+            # are never corrupted in a causal encoder: exact zeros in both metrics would inflate the rank
+            # correlation).
+            cells = list(range(wb.subject_positions(prompt, subject)[0], wb.max_length))
             fast = dict(samples=args.proxy_samples, progress=False)
             slow = dict(samples=args.faithful_samples, progress=False, scorer=scorer)
-            maps["text-proxy"].append(trace_text_encoder(wb, prompt, subject, metric="proxy", tokens=last, **fast))
-            maps["text-faithful"].append(trace_text_encoder(wb, prompt, subject, metric="faithful", tokens=last,
-                                                            **slow))
+            slow_text = {**slow, "samples": args.faithful_text_samples}
+            maps["text-proxy"].append(trace_text_encoder(wb, prompt, subject, metric="proxy", tokens=cells, **fast))
+            maps["text-faithful"].append(trace_text_encoder(wb, prompt, subject, metric="faithful", tokens=cells,
+                                                            **slow_text))
             maps["unet-proxy"].append(trace_unet(wb, prompt, subject, layers=unet_rows, metric="proxy", **fast))
             maps["unet-faithful"].append(trace_unet(wb, prompt, subject, layers=unet_rows, metric="faithful",
                                                     **slow))
@@ -106,17 +123,24 @@ def main() -> None:
             fam[f"{part}_proxy_cost_ratio"] = fam[f"{part}_proxy_seconds"] / fam[f"{part}_faithful_seconds"]
             fam[f"{part}_faithful_clean_corrupted"] = [float(np.mean([f.clean for f in faithful])),
                                                       float(np.mean([f.corrupted for f in faithful]))]
-            fam[f"{part}_faithful_layer_effects"] = [round(float(v), 3) for v in
-                                                     TraceResult.average(faithful).scores.flatten()]
-            fam[f"{part}_proxy_layer_effects"] = [round(float(v), 3) for v in
-                                                  TraceResult.average(proxy).scores.flatten()]
+            # text cells differ per prompt (subject position), so those are kept per prompt
+            for name, runs in (("faithful", faithful), ("proxy", proxy)):
+                fam[f"{part}_{name}_effects"] = (
+                    [[round(float(v), 3) for v in TraceResult.average(runs).scores.flatten()]] if part == "unet"
+                    else [[round(float(v), 3) for v in r.scores.flatten()] for r in runs])
+            if part == "text":  # the layer ranking itself (best cell per layer); only 5 rows, so coarse
+                fam["text_spearman_layer_max"] = float(np.nanmean(
+                    [spearman(p.ranking("max"), f.ranking("max")) for p, f in zip(proxy, faithful, strict=True)]))
         summary[family] = fam
         print(f"{family:7s} text top {fam['text_top']}, unet top {fam['unet_top']}", flush=True)
         for part in ("text", "unet"):
-            print(f"        {part}: spearman(proxy, faithful) over {len(fam[f'{part}_rows'])} layers "
+            what = (f"{proxy_cells(summary, family)} cells (layer × position)" if part == "text"
+                    else f"{len(fam['unet_rows'])} layers")
+            print(f"        {part}: spearman(proxy, faithful) over {what} "
                   f"{fam[f'{part}_spearman_layers']:.2f} {fam[f'{part}_spearman_per_prompt']}, proxy cost "
                   f"{fam[f'{part}_proxy_cost_ratio']:.3f} of faithful; faithful clean/corrupted "
                   f"{fam[f'{part}_faithful_clean_corrupted']}", flush=True)
+        print(f"        text: spearman of the layer ranking (best cell) {fam['text_spearman_layer_max']:.2f}")
     overall = {part: float(np.mean([summary[f][f"{part}_spearman_layers"] for f in summary])) for part in
                ("text", "unet")}
     cost = {part: sum(summary[f][f"{part}_proxy_seconds"] for f in summary) /

@@ -20,7 +20,7 @@ from tracing.corrupt import embedding_std
 from tracing.metrics import restoration
 from workbench import Workbench
 
-PROMPT16 = "a detailed oil painting of a red house by van gogh in the village at night with stars"
+PROMPT16 = "an oil painting of a red house by van gogh at night with stars"  # 16 tokens in CLIP's BPE
 
 
 def naive_text_map(wb: Workbench, prompt: str, subject: str, samples: int, std: float, seed: int = 0):

@@ -2,8 +2,12 @@
 projection, the causal state tracing finds (layer 0 in SD's CLIP).
 
 Keys are ``out_proj``'s inputs at the last subject token of source captions; values are its outputs at
-the last token of the matching target captions. The bias is left alone: targets have it subtracted, so the
-edited map W k + b hits them exactly where the solve does.
+the last token of the matching target captions. With ``eos=True`` the positions after the subject pair up
+one to one and the longer span is cut to the shorter: give a target with the source's token count (e.g.
+"the mascot" -> "blue heart", not "a blue heart") so that no position is left out.
+
+The bias is left alone: targets have it subtracted, so the edited map W k + b hits them exactly where the
+solve does.
 """
 
 from __future__ import annotations

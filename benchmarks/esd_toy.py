@@ -1,0 +1,132 @@
+"""ESD-x / ESD-u against UCE on the same toy-world requests (issue 6's acceptance and comparison table).
+
+Requests: erase one artist, erase the hazard mark, erase one shape. Each edit is evaluated with the toy
+classifier on ``--samples`` seeds per concept, the same prompts and seeds before and after. Reported per
+(request, editor): efficacy (relative drop of the edited rate), the largest and mean change of the held-out
+concepts, wall time of the edit and its peak resident memory above the loaded model (VmHWM, reset through
+/proc/self/clear_refs before each edit; Linux only).
+
+    python benchmarks/esd_toy.py [--samples 50] [--iterations 300] [--lr-x 3e-4] [--lr-u 5e-4] [--only ...]
+        [--editors esd uce] [--json out/esd_toy.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from editors import ESDRequest, UCERequest, esd, uce
+from workbench import Workbench
+from workbench.evaluate import evaluate
+from workbench.toy import world
+
+ARTIST = "jonas flet"
+SHAPE = "circle"
+ARTIST_TEMPLATES = ["{}", "a circle by {}", "a red square in the style of {}", "a photo of a blue star by {}",
+                    "a painting of a heart by {}", "a green ring by {}", "a yellow cross by {}"]
+SHAPE_TEMPLATES = ["{}", "a {}", "a photo of a {}", "a red {}", "a photo of a blue {}", "an image of a green {}",
+                   "a yellow {} by jonas flet"]
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def measured(fn):
+    """(result, seconds, peak MiB above the resident set before the call)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
+    except OSError:
+        pass
+    base = _rss_kib("VmRSS")
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0, max(0, _rss_kib("VmHWM") - base) / 1024
+
+
+def requests(wb: Workbench, args) -> dict[str, dict]:
+    """Per request: the concepts evaluated, the held-out ones, and one edit per editor."""
+    x_kw = dict(iterations=args.iterations, lr=args.lr_x, seed=0)
+    u_kw = dict(iterations=args.iterations, lr=args.lr_u, seed=0)
+    held = [a for a in world.HELD_OUT_ARTISTS]
+    artist_captions = world.captions(200, seed=123, keep=lambda s: s.artist in set(held) and s.entity is None,
+                                     artist_rate=1.0, hazard_rate=0.0)
+    safe_captions = world.captions(200, seed=7, hazard_rate=0.0)
+    other_shapes = [s for s in world.SHAPES if s != SHAPE]
+    return {
+        "artist": dict(
+            concepts=[ARTIST], holdouts=held,
+            esd=lambda: esd(wb, ESDRequest(ARTIST, method="esd-x", **x_kw), progress=args.progress),
+            uce=lambda: uce(wb, UCERequest(erase=[ARTIST], preserve=held, preserve_prompts=artist_captions,
+                                           tokens="to_end", templates=ARTIST_TEMPLATES), progress=False),
+            esd_method="esd-x"),
+        "hazard": dict(
+            # ESD erases one prompt: trained on the first hazard word, evaluated on all four.
+            concepts=list(world.HAZARD_WORDS), holdouts=[SHAPE, "star", "blue", ARTIST],
+            esd=lambda: esd(wb, ESDRequest(world.HAZARD_WORDS[0], method="esd-u", **u_kw), progress=args.progress),
+            uce=lambda: uce(wb, UCERequest(moderate=list(world.HAZARD_WORDS), preserve_prompts=safe_captions,
+                                           tokens="to_end"), progress=False),
+            esd_method="esd-u"),
+        "shape": dict(
+            concepts=[SHAPE], holdouts=other_shapes,
+            esd=lambda: esd(wb, ESDRequest(SHAPE, method="esd-u", **u_kw), progress=args.progress),
+            uce=lambda: uce(wb, UCERequest(erase=[SHAPE], preserve=other_shapes, tokens="to_end",
+                                           templates=SHAPE_TEMPLATES), progress=False),
+            esd_method="esd-u"),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=50)
+    ap.add_argument("--iterations", type=int, default=300)
+    # The paper's 1e-5 x 1000 iterations is for SD; on the toy world (measured at 10 seeds, 300 iterations):
+    # esd-x 1.5e-4 left the artist at 60 %, 3e-4 erased it; esd-u 1.5e-4 left the hazard mark at 50 %.
+    ap.add_argument("--lr-x", type=float, default=3e-4, help="learning rate of the esd-x edits")
+    ap.add_argument("--lr-u", type=float, default=5e-4, help="learning rate of the esd-u edits")
+    ap.add_argument("--only", nargs="*", default=["artist", "hazard", "shape"])
+    ap.add_argument("--editors", nargs="*", default=["esd", "uce"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--json", default="out/esd_toy.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    wb = Workbench.toy()
+    rows = []
+    for name, req in requests(wb, args).items():
+        if name not in args.only:
+            continue
+        for editor in args.editors:
+            delta, seconds, peak = measured(req[editor])
+            report = evaluate(wb, delta, req["concepts"], holdouts=req["holdouts"], samples=args.samples)
+            edited = report.group("edited")
+            row = {"request": name, "editor": req["esd_method"] if editor == "esd" else "uce",
+                   "before": [round(r.before, 3) for r in edited], "after": [round(r.after, 3) for r in edited],
+                   "efficacy_min_relative_drop": report.summary["efficacy_min_relative_drop"],
+                   "after_max": max(r.after for r in edited),
+                   "holdout_max_abs_change": report.summary["specificity_max_abs_change"],
+                   "holdout_mean_abs_change": report.summary["specificity_mean_abs_change"],
+                   "seconds": round(seconds, 1), "peak_mib": round(peak, 1)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print("\n| request | editor | rate before → after | efficacy (min rel. drop) | holdout max / mean change "
+          "| time | peak memory |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        rates = ", ".join(f"{b:.0%}→{a:.0%}" for b, a in zip(r["before"], r["after"], strict=True))
+        print(f"| {r['request']} | {r['editor']} | {rates} | {r['efficacy_min_relative_drop']:.0%} | "
+              f"{r['holdout_max_abs_change'] * 100:.0f} / {r['holdout_mean_abs_change'] * 100:.1f} pts | "
+              f"{r['seconds']:.1f} s | {r['peak_mib']:.0f} MiB |")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
