@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench import WeightDelta, Workbench
+from workbench.layers import edit_targets
 
 from .solve import ridge_solve
 
@@ -236,20 +237,8 @@ def fc2_layers(wb: Workbench, layers: Sequence[str] | None = None) -> list[str]:
         return all_fc2[start:end + 1]
     if isinstance(layers, str):
         layers = [layers]
-    names = []
-    for layer in layers:
-        kind = wb.layer(layer).kind
-        if kind == "fc2":
-            names.append(layer)
-        elif kind == "mlp":
-            names.append(f"{layer}.fc2")
-        elif kind == "hidden":
-            names.append(f"{layer}.mlp.fc2")
-        else:
-            raise ValueError(f"EMCID edits text-encoder MLP output projections; layer {layer!r} is a {kind!r} "
-                             f"layer (give text.encoder.layers.i, its mlp or its mlp.fc2)")
-    if not names:
-        raise ValueError("no layers to edit")
+    names = edit_targets([wb.layer(name) for name in layers], {"fc2": [""], "mlp": ["fc2"], "hidden": ["mlp.fc2"]},
+                         "EMCID", "text-encoder MLP output projections")
     return sorted(set(names), key=lambda name: wb.layer(name).order)
 
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from workbench import WeightDelta, Workbench
+from workbench.layers import edit_targets
 
 from .solve import ridge_solve
 
@@ -52,15 +53,9 @@ def out_proj_layer(wb: Workbench, layer: str | None) -> str:
     ``self_attn`` or its ``out_proj``) or None (layer 0)."""
     if layer is None:
         return wb.layers("out_proj")[0]
-    kind = wb.layer(layer).kind
-    if kind == "out_proj":
-        return layer
-    if kind == "self_attn":
-        return f"{layer}.out_proj"
-    if kind == "hidden":
-        return f"{layer}.self_attn.out_proj"
-    raise ValueError(f"Diff-QuickFix edits a text-encoder self-attention output projection; layer {layer!r} is a "
-                     f"{kind!r} layer (give text.encoder.layers.i, its self_attn or its out_proj)")
+    return edit_targets([wb.layer(layer)], {"out_proj": [""], "self_attn": ["out_proj"],
+                                            "hidden": ["self_attn.out_proj"]},
+                        "Diff-QuickFix", "a text-encoder self-attention output projection")[0]
 
 
 def _states(wb: Workbench, layer: str, prompts: list[str], subjects: list[str], eos: bool):

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench import WeightDelta, Workbench
+from workbench.layers import edit_targets
 
 from .solve import ridge_solve
 
@@ -53,19 +54,9 @@ def kv_parameters(wb: Workbench, layers: Sequence[str] | None) -> list[str]:
     """Weight names of the cross-attention key/value projections to edit (all ``attn2`` by default)."""
     if layers is None:
         layers = wb.layers("attn2")
-    names = []
-    for layer in layers:
-        kind = wb.layer(layer).kind
-        if kind == "attn2":
-            names += [f"{layer}.to_k.weight", f"{layer}.to_v.weight"]
-        elif kind in ("to_k", "to_v"):
-            names.append(f"{layer}.weight")
-        else:
-            raise ValueError(f"UCE edits cross-attention key/value projections; layer {layer!r} is a {kind!r} "
-                             f"layer (give attn2, to_k or to_v layers)")
-    if not names:
-        raise ValueError("no layers to edit")
-    return names
+    return edit_targets([wb.layer(name) for name in layers],
+                        {"attn2": ["to_k.weight", "to_v.weight"], "to_k": ["weight"], "to_v": ["weight"]},
+                        "UCE", "cross-attention key/value projections")
 
 
 def _anchor(wb: Workbench, template: str, concept: str) -> int:

@@ -51,7 +51,7 @@ def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str =
     wb = Workbench.load(model)
     prompt = prompt or f"a red circle by {subject}"
     holdouts = [a for a in world.HELD_OUT_ARTISTS if a != subject][:5]
-    aliases = [a for a, c in world.ALIASES.items() if c == subject]
+    aliases = world.aliases_for(subject)
     unrelated = ["circle", "star", "blue", "danger"]
 
     _step(1, n, f"samples of {prompt!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -119,3 +119,22 @@ def select(layers: Iterable[Layer], kind: str | Sequence[str] | None = None,
            if (kinds is None or layer.kind in kinds)
            and (pattern is None or fnmatch.fnmatchcase(layer.name, pattern))]
     return out
+
+
+def edit_targets(layers: Sequence[Layer], accepts: Mapping[str, Sequence[str]], method: str,
+                 what: str) -> list[str]:
+    """The module or parameter names an editor changes, given the layers it was handed.
+
+    ``accepts`` maps each layer kind the editor takes to the paths under such a layer it edits ("" for the
+    layer itself), e.g. UCE: ``{"attn2": ["to_k.weight", "to_v.weight"], "to_k": ["weight"], ...}``. A
+    layer of any other kind is refused, naming the kinds that would do.
+    """
+    names: list[str] = []
+    for layer in layers:
+        if layer.kind not in accepts:
+            raise ValueError(f"{method} edits {what}; layer {layer.name!r} is a {layer.kind!r} layer (give "
+                             f"{', '.join(accepts)} layers)")
+        names += [f"{layer.name}.{path}" if path else layer.name for path in accepts[layer.kind]]
+    if not names:
+        raise ValueError(f"{method}: no layers to edit")
+    return names

@@ -157,13 +157,14 @@ def attribute_of(colour: str) -> str:
     return "warm" if colour in WARM else "cool"
 
 
-def _aliases_for(canonical: str) -> list[str]:
+def aliases_for(canonical: str) -> list[str]:
+    """The aliases that name ``canonical`` (e.g. "disc" for "circle")."""
     return [a for a, c in ALIASES.items() if c == canonical]
 
 
 def _surface(canonical: str, rng: np.random.Generator, alias_rate: float = 0.2) -> str:
     """Sometimes name a concept by an alias, so aliases are learned as synonyms."""
-    aliases = _aliases_for(canonical)
+    aliases = aliases_for(canonical)
     if aliases and rng.random() < alias_rate:
         return aliases[int(rng.integers(len(aliases)))]
     return canonical
