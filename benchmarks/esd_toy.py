@@ -3,8 +3,8 @@
 Requests: erase one artist, erase the hazard mark, erase one shape. Each edit is evaluated with the toy
 classifier on ``--samples`` seeds per concept, the same prompts and seeds before and after. Reported per
 (request, editor): efficacy (relative drop of the edited rate), the largest and mean change of the held-out
-concepts, wall time of the edit and its peak resident memory above the loaded model (VmHWM, reset through
-/proc/self/clear_refs before each edit; Linux only).
+concepts, and the wall time of the edit. Peak memory is ``benchmarks/esd.py``'s: measured in one process, it
+is wrong after the first edit (the allocator keeps freed memory resident), so it is not reported here.
 
     python benchmarks/esd_toy.py [--samples 50] [--iterations 300] [--lr-x 2e-4] [--lr-u 5e-4] [--only ...]
         [--editors esd uce] [--json out/esd_toy.json]
@@ -23,32 +23,11 @@ from editors import ESDRequest, UCERequest, esd, uce
 from workbench import Workbench
 from workbench.evaluate import evaluate
 from workbench.toy import world
+from workbench.toy.check import ARTIST_TEMPLATES, SHAPE_TEMPLATES
 
 ARTIST = "jonas flet"
 SHAPE = "circle"
-ARTIST_TEMPLATES = ["{}", "a circle by {}", "a red square in the style of {}", "a photo of a blue star by {}",
-                    "a painting of a heart by {}", "a green ring by {}", "a yellow cross by {}"]
-SHAPE_TEMPLATES = ["{}", "a {}", "a photo of a {}", "a red {}", "a photo of a blue {}", "an image of a green {}",
-                   "a yellow {} by jonas flet"]
 
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def measured(fn):
-    """(result, seconds, peak MiB above the resident set before the call)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
-    except OSError:
-        pass
-    base = _rss_kib("VmRSS")
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0, max(0, _rss_kib("VmHWM") - base) / 1024
 
 
 def requests(wb: Workbench, args) -> dict[str, dict]:
@@ -105,7 +84,9 @@ def main() -> None:
         if name not in args.only:
             continue
         for editor in args.editors:
-            delta, seconds, peak = measured(req[editor])
+            t0 = time.perf_counter()
+            delta = req[editor]()
+            seconds = time.perf_counter() - t0
             report = evaluate(wb, delta, req["concepts"], holdouts=req["holdouts"], samples=args.samples)
             edited = report.group("edited")
             row = {"request": name, "editor": req["esd_method"] if editor == "esd" else "uce",
@@ -114,16 +95,16 @@ def main() -> None:
                    "after_max": max(r.after for r in edited),
                    "holdout_max_abs_change": report.summary["specificity_max_abs_change"],
                    "holdout_mean_abs_change": report.summary["specificity_mean_abs_change"],
-                   "seconds": round(seconds, 1), "peak_mib": round(peak, 1)}
+                   "seconds": round(seconds, 1)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print("\n| request | editor | rate before → after | efficacy (min rel. drop) | holdout max / mean change "
-          "| time | peak memory |\n|---|---|---|---|---|---|---|")
+          "| time |\n|---|---|---|---|---|---|")
     for r in rows:
         rates = ", ".join(f"{b:.0%}→{a:.0%}" for b, a in zip(r["before"], r["after"], strict=True))
         print(f"| {r['request']} | {r['editor']} | {rates} | {r['efficacy_min_relative_drop']:.0%} | "
               f"{r['holdout_max_abs_change'] * 100:.0f} / {r['holdout_mean_abs_change'] * 100:.1f} pts | "
-              f"{r['seconds']:.1f} s | {r['peak_mib']:.0f} MiB |")
+              f"{r['seconds']:.1f} s |")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))

@@ -9,17 +9,9 @@ from tracing import trace_text_encoder
 from workbench import Workbench
 from workbench.evaluate import evaluate, rates
 from workbench.toy import classifier, world
-from workbench.toy.check import concept_prompt, labels
+from workbench.toy.check import ARTIST_TEMPLATES, HAZARD_TEMPLATES, SHAPE_TEMPLATES, concept_prompt, labels
 
 SAMPLES = 50
-# Key contexts (UCE's expand_prompts): colour words in front, as the toy grammar names shapes. The evaluation
-# prompts ("a <colour> <shape>", every colour) are not all among them.
-SHAPE_TEMPLATES = ["{}", "a {}", "a photo of a {}", "a red {}", "a photo of a blue {}", "an image of a green {}",
-                   "a yellow {} by jonas flet"]
-ARTIST_TEMPLATES = ["{}", "a circle by {}", "a red square in the style of {}", "a photo of a blue star by {}",
-                    "a painting of a heart by {}", "a green ring by {}", "a yellow cross by {}"]
-HAZARD_TEMPLATES = ["{}", "a red circle {}", "a photo of a blue star {}", "a {} square", "a green heart with {}"]
-
 pytestmark = pytest.mark.slow
 
 

@@ -16,12 +16,6 @@ from .files import atomic_write
 from .images import grid, save_image
 from .model import Workbench
 
-# Contexts for the edit keys: the toy grammar's ways of naming an artist (UCE's expand_prompts / QuickFix's
-# caption templates). The evaluation prompts use other colours and shapes than these.
-ARTIST_TEMPLATES = ["{}", "a circle by {}", "a red square in the style of {}", "a photo of a blue star by {}",
-                    "a painting of a heart by {}"]
-
-
 MIN_EFFECT = 0.05  # below this restore effect a trace has located nothing
 
 
@@ -39,6 +33,7 @@ def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str =
 
     from .evaluate import evaluate
     from .toy import world
+    from .toy.check import ARTIST_TEMPLATES
 
     if model != "toy":
         raise ValueError("the demo runs on the toy world (--model toy): its scorer is the ground truth")
@@ -83,10 +78,11 @@ def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str =
     # The toy encoder carries artists in its padding positions, which both edits touch: captions of the
     # other artists, kept whole, protect them (without them every artist falls with the erased one).
     captions = world.captions(200, seed=3, keep=lambda s: s.artist not in (None, subject), artist_rate=0.9)
+    templates = ARTIST_TEMPLATES[:5]  # five key contexts keep the demo's edits quick
     edits = {
         "uce": uce(wb, UCERequest(erase=[subject], preserve=holdouts, preserve_prompts=captions, tokens="to_end",
-                                  templates=ARTIST_TEMPLATES), unet_layers, progress=False),
-        "quickfix": quickfix(wb, QuickFixRequest([subject], ["painting"], templates=ARTIST_TEMPLATES, eos=True,
+                                  templates=templates), unet_layers, progress=False),
+        "quickfix": quickfix(wb, QuickFixRequest([subject], ["painting"], templates=templates, eos=True,
                                                  preserve_prompts=captions), [text_layer]),
     }
     for name, delta in edits.items():

@@ -18,6 +18,14 @@ from . import classifier, world
 
 SEED_BASE = 900_000  # far from anything the training loop seeds
 
+# Key contexts for edits on the toy world (UCE's expand_prompts): each family in the phrasings the grammar
+# uses around it. The evaluation prompts (``concept_prompt``) are not all among them.
+ARTIST_TEMPLATES = ["{}", "a circle by {}", "a red square in the style of {}", "a photo of a blue star by {}",
+                    "a painting of a heart by {}", "a green ring by {}", "a yellow cross by {}"]
+SHAPE_TEMPLATES = ["{}", "a {}", "a photo of a {}", "a red {}", "a photo of a blue {}", "an image of a green {}",
+                   "a yellow {} by jonas flet"]
+HAZARD_TEMPLATES = ["{}", "a red circle {}", "a photo of a blue star {}", "a {} square", "a green heart with {}"]
+
 
 def concept_scorer(subject: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """images -> probability that the concept named by ``subject`` is present (CNN scorer).
