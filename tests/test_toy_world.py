@@ -199,3 +199,17 @@ def test_exported_tokenizer_and_config() -> None:
     assert meta["autoencoder"] == {"type": "pixel_unshuffle", "factor": 4} and meta["image_size"] == 32
     size = sum(p.stat().st_size for p in weights.rglob("*") if p.is_file())
     assert size <= 25 * 2**20
+
+
+@needs_scorer
+def test_a_subject_naming_shape_and_colour_is_scored_on_both() -> None:
+    from workbench.toy.check import concept_scorer
+
+    rng = np.random.default_rng(3)
+    scenes = [world.Scene("circle", "red", None, False), world.Scene("circle", "blue", None, False),
+              world.Scene("square", "blue", None, False)]
+    images = torch.from_numpy(np.stack([world.render(s, rng) for s in scenes])).permute(0, 3, 1, 2).float() / 255
+    hits = lambda subject: (concept_scorer(subject)(images) > 0.5).tolist()  # noqa: E731
+    assert hits("a blue circle") == [False, True, False]
+    assert hits("circle") == [True, True, False]
+    assert hits("blue") == [False, True, True]

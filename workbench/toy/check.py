@@ -30,8 +30,9 @@ HAZARD_TEMPLATES = ["{}", "a red circle {}", "a photo of a blue star {}", "a {} 
 def concept_scorer(subject: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """images -> probability that the concept named by ``subject`` is present (CNN scorer).
 
-    Shapes, colours, artists, hazard words, professions (the person shape), entities and the stale fact
-    (their bound shape × colour); aliases resolve to their canonical concept.
+    Shapes, colours, artists, hazard words, professions (the person shape), and anything naming a shape
+    and a colour ("a red circle", an entity or the stale fact, by their bound pair): the product of the
+    two. Aliases resolve to their canonical concept.
     """
     exp = world.parse_prompt(subject)
     heads = classifier.HEADS
@@ -45,7 +46,7 @@ def concept_scorer(subject: str) -> Callable[[torch.Tensor], torch.Tensor]:
     elif exp.hazard:
         def fn(s):
             return prob(s, "hazard", "present")
-    elif exp.shape is not None and exp.colour is not None and (exp.entity or "mascot" in subject):
+    elif exp.shape is not None and exp.colour is not None:  # "a red circle", an entity, the mascot: both count
         def fn(s):
             return prob(s, "shape", exp.shape) * prob(s, "colour", exp.colour)
     elif exp.shape is not None:
