@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +32,46 @@ import torch
 from emcid import toy_request  # benchmarks/emcid.py, the same request as the timing benchmark
 
 from editors import UCERequest, uce
-from editors.emcid import caption_covariance, fc2_layers, stage_one, stage_two, toy_captions
+from editors.emcid import (
+    EMCIDRequest,
+    caption_covariance,
+    fc2_layers,
+    stage_one,
+    stage_two,
+    subject_states,
+    toy_captions,
+)
 from workbench import WeightDelta, Workbench
 from workbench.evaluate import rates
 from workbench.toy import world
 from workbench.toy.check import concept_prompt, concept_scorer
 
 UNRELATED = ["circle", "star", "red", "blue", "jonas flet", "vera kolm"]
+
+
+@contextmanager
+def shifted(wb: Workbench, layer: str, shifts: dict[str, torch.Tensor]):
+    """Add shifts[word] to ``layer``'s block output wherever the single-token ``word`` occurs: what stage I's
+    targets do by themselves, before stage II has to fit them into weights."""
+    ids = {wb.tokenizer.convert_tokens_to_ids(w): v.to(wb.device, wb.dtype) for w, v in shifts.items()}
+    seen = {}
+
+    def read_ids(_module, args, kwargs):
+        seen["ids"] = args[0] if args else kwargs["input_ids"]
+
+    def add(_module, _args, out):
+        h = (out[0] if isinstance(out, tuple) else out).clone()
+        for token, v in ids.items():
+            h[seen["ids"] == token] += v
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    handles = [wb.text_encoder.register_forward_pre_hook(read_ids, with_kwargs=True),
+               wb.module(layer).register_forward_hook(add)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def main() -> None:
@@ -55,10 +89,11 @@ def main() -> None:
                     help="add this many captions of the entities neither edited nor evaluated (the middle ones) "
                          "to EMCID's covariance corpus and UCE's preserve prompts")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default="out/emcid_toy.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    wb = Workbench.toy()
+    wb = Workbench.toy(device=args.device)
     n_max = max(args.sizes)
     full = toy_request(n_max, steps=args.steps, lam=args.lam)
     sources, destinations = full.sources, [e.destination for e in full.edits]
@@ -112,6 +147,23 @@ def main() -> None:
         timings["emcid_stage_one_per_concept"] = (time.perf_counter() - t) / n_max
         print(f"EMCID stage I: {timings['emcid_stage_one_per_concept']:.2f} s per concept ({args.steps} steps)",
               flush=True)
+        # Ceilings: stage I's targets alone, and an oracle target: the state of an unedited entity already
+        # bound to the destination (its "twin"), for the edits whose destination binding has one.
+        with shifted(wb, one.layer, dict(zip(sources, one.targets - one.initial, strict=True))):
+            stage_one_alone = measure(sources, target_scorer)
+        by_binding = {b: e for e in reversed(world.ENTITIES) if e not in edited for b in [world.ENTITIES[e]]}
+        oracle = [(s, by_binding[(d.split()[2], d.split()[1])]) for s, d in zip(sources, destinations, strict=True)
+                  if (d.split()[2], d.split()[1]) in by_binding]
+        twin_names = sorted({t for _, t in oracle})
+        state = dict(zip(twin_names, subject_states(wb, EMCIDRequest([(t, "a red circle") for t in twin_names]),
+                                                    one.layer), strict=True))
+        initial = dict(zip(sources, one.initial, strict=True))
+        with shifted(wb, one.layer, {s: state[t] - initial[s] for s, t in oracle}):
+            oracle_rate = measure([s for s, _ in oracle], target_scorer)
+        ceilings = {"stage_one_alone": float(np.mean(stage_one_alone)), "oracle_edits": len(oracle),
+                    "oracle_twin_state": float(np.mean(oracle_rate)),
+                    "oracle_twins_own_prompts": float(np.mean(measure([t for _, t in oracle])))}
+        print(f"ceilings: {json.dumps(ceilings)}", flush=True)
 
     rows = []
     for n in args.sizes:
@@ -156,8 +208,8 @@ def main() -> None:
               f"{r['edit_seconds']:.1f} s{extra} |")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "timings": timings, "before": before, "rows": rows},
-                              indent=2))
+    out.write_text(json.dumps({"settings": vars(args), "timings": timings, "before": before, "rows": rows,
+                               "ceilings": ceilings if "emcid" in args.editors else None}, indent=2))
 
 
 if __name__ == "__main__":

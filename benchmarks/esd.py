@@ -88,20 +88,24 @@ def _status(field: str) -> int:
 
 def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    wb = Workbench.random(args.arch, seed=0, sample_size=args.size, vae=False)
+    wb = Workbench.random(args.arch, seed=0, sample_size=args.size, vae=False, device=args.device)
+    cuda = wb.device.type == "cuda"
     req = ESDRequest(PROMPT, method=args.method, lr=1e-5, ddim_steps=args.ddim_steps)
     names = parameter_names(wb, args.method)
     wb.encode([PROMPT])  # tokenizer and text-encoder warm-up, outside the measured part
     # Reset the peak RSS to the current RSS: what follows is the implementation's own cost.
     Path("/proc/self/clear_refs").write_text("5")
-    base = _status("VmRSS")
+    base = torch.cuda.memory_allocated() if cuda else _status("VmRSS")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     trainer = (_Trainer if args.impl == "ours" else NaiveTrainer)(wb, req, names)
     losses, times = [], []
     for i in range(args.steps + 1):  # step 0 warms up
         start = time.perf_counter()
         losses.append(trainer.step(i))
         times.append(time.perf_counter() - start)
-    print(json.dumps({"times": times[1:], "losses": losses, "base": base, "peak": _status("VmHWM"),
+    peak = torch.cuda.max_memory_allocated() if cuda else _status("VmHWM")
+    print(json.dumps({"times": times[1:], "losses": losses, "base": base, "peak": peak,
                       "trained": sum(wb.parameter(n).numel() for n in names),
                       "total": sum(p.numel() for p in wb.unet.parameters())}))
 
@@ -115,6 +119,7 @@ def main() -> None:
     ap.add_argument("--method", default="esd-x")
     ap.add_argument("--rounds", type=int, default=2, help="processes per implementation, alternating")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cuda: memory is the CUDA allocator's, not the RSS")
     ap.add_argument("--impl", choices=["ours", "naive"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.impl:
