@@ -50,13 +50,13 @@ class NaiveTrainer:
             self.uncond, self.cond = wb.encode(["", req.erase]).chunk(2)
         self.scheduler = copy.deepcopy(wb.scheduler)
         self.scheduler.set_timesteps(req.ddim_steps, device=wb.device)
-        self.latent_shape = wb.latent_shape
+        self.latent_shape, self.device = wb.latent_shape, wb.device
 
     @torch.no_grad()
     def sample_xt(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         sch, g = self.scheduler, _step_generator(self.req.seed, step)
         stop = int(torch.randint(len(sch.timesteps), (1,), generator=g))
-        x = torch.randn((1, *self.latent_shape), generator=g) * sch.init_noise_sigma
+        x = torch.randn((1, *self.latent_shape), generator=g).to(self.device) * sch.init_noise_sigma
         for t in sch.timesteps[:stop]:
             x_in = sch.scale_model_input(x, t)
             pu = self.frozen(x_in, t, encoder_hidden_states=self.uncond).sample
