@@ -144,9 +144,10 @@ def main() -> None:
           f"{args.threads} thread(s), {args.rounds} x {args.steps} timed steps each")
     print(f"  step time    ours {step['ours'] * 1e3:8.1f} ms   naive {step['naive'] * 1e3:8.1f} ms   "
           f"speed-up {step['naive'] / step['ours']:.2f}x  (target >= 1.5x)")
-    print(f"  peak RSS     ours {peak['ours'] / mb:8.1f} MB   naive {peak['naive'] / mb:8.1f} MB   "
+    what = "CUDA" if args.device.startswith("cuda") else "RSS "
+    print(f"  peak {what}    ours {peak['ours'] / mb:8.1f} MB   naive {peak['naive'] / mb:8.1f} MB   "
           f"ratio {peak['ours'] / peak['naive']:.2f}  (target <= 0.6)")
-    print(f"  added RSS    ours {added['ours'] / mb:8.1f} MB   naive {added['naive'] / mb:8.1f} MB   "
+    print(f"  added {what}   ours {added['ours'] / mb:8.1f} MB   naive {added['naive'] / mb:8.1f} MB   "
           f"ratio {added['ours'] / added['naive']:.2f}  (above the loaded model)")
 
 
