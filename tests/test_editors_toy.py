@@ -102,6 +102,20 @@ def test_quickfix_erases_an_artist_on_the_traced_layer(toy):
     assert report.summary["specificity_max_abs_change"] <= 0.05, report.markdown()
 
 
+def test_quickfix_erases_an_alias_listed_as_a_second_source(toy):
+    # Keys are the subject's own tokens, so an alias ("flettie") is a separate concept: listed as a second
+    # source it is erased too. Measured at 50 seeds: both 100 % -> 0 %, 10 held-out artists within 2 points.
+    captions = world.captions(200, seed=3, artist_rate=0.9,
+                              keep=lambda s: s.artist != "jonas flet" and s.artist_word != "flettie")
+    delta = quickfix(toy, QuickFixRequest(["jonas flet", "flettie"], ["painting", "painting"],
+                                          templates=ARTIST_TEMPLATES[:5], eos=True, preserve_prompts=captions),
+                     ["text.encoder.layers.0.self_attn"])
+    report = evaluate(toy, delta, ["jonas flet"], aliases=["flettie"], holdouts=world.HELD_OUT_ARTISTS[:4], samples=20)
+    assert report.summary["efficacy_min_relative_drop"] >= 0.9, report.markdown()
+    assert report.summary["generality_mean_relative_drop"] >= 0.9, report.markdown()
+    assert report.summary["specificity_max_abs_change"] <= 0.1, report.markdown()
+
+
 def test_quickfix_updates_the_stale_fact(toy):
     # "the mascot" was trained as an orange star; rewrite it to a blue heart. The target has the source's
     # token count, so with eos=True every position after the subject has a partner. A caption preserve set
