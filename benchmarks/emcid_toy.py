@@ -14,9 +14,11 @@ Scored with the toy classifier on ``--samples`` seeds per entity, same prompts a
 success = share of an edited entity's images showing its new (shape, colour); held-out entities (whose bound
 (shape, colour) no edit shares) keep their own; "twins" (unedited entities sharing an edited entity's
 binding, which the toy encoder represents alike) are reported apart; unrelated prompts keep theirs.
+Two ceilings come first: stage I's targets alone (added at the subject token, no weights edited), and an
+oracle target (the state of an unedited entity already bound to the destination).
 
     python benchmarks/emcid_toy.py [--sizes 1 10 50 100] [--samples 10] [--steps 30] [--lam 200]
-        [--json out/emcid_toy.json]
+        [--device cuda] [--json out/emcid_toy.json]
 """
 
 from __future__ import annotations
