@@ -153,9 +153,10 @@ def main() -> None:
         # bound to the destination (its "twin"), for the edits whose destination binding has one.
         with shifted(wb, one.layer, dict(zip(sources, one.targets - one.initial, strict=True))):
             stage_one_alone = measure(sources, target_scorer)
-        by_binding = {b: e for e in reversed(world.ENTITIES) if e not in edited for b in [world.ENTITIES[e]]}
-        oracle = [(s, by_binding[(d.split()[2], d.split()[1])]) for s, d in zip(sources, destinations, strict=True)
-                  if (d.split()[2], d.split()[1]) in by_binding]
+        by_binding = {world.ENTITIES[e]: e for e in reversed(world.ENTITIES) if e not in edited}
+        wanted = {s: (world.parse_prompt(d).shape, world.parse_prompt(d).colour)
+                  for s, d in zip(sources, destinations, strict=True)}
+        oracle = [(s, by_binding[b]) for s, b in wanted.items() if b in by_binding]
         twin_names = sorted({t for _, t in oracle})
         state = dict(zip(twin_names, subject_states(wb, EMCIDRequest([(t, "a red circle") for t in twin_names]),
                                                     one.layer), strict=True))

@@ -9,7 +9,14 @@ from tracing import trace_text_encoder
 from workbench import Workbench
 from workbench.evaluate import evaluate, rates
 from workbench.toy import classifier, world
-from workbench.toy.check import ARTIST_TEMPLATES, HAZARD_TEMPLATES, SHAPE_TEMPLATES, concept_prompt, labels
+from workbench.toy.check import (
+    ARTIST_TEMPLATES,
+    HAZARD_TEMPLATES,
+    SHAPE_TEMPLATES,
+    concept_prompt,
+    concept_scorer,
+    labels,
+)
 
 SAMPLES = 50
 pytestmark = pytest.mark.slow
@@ -129,17 +136,12 @@ def test_quickfix_updates_the_stale_fact(toy):
     delta = quickfix(toy, QuickFixRequest([phrase], ["blue heart"], templates=templates, eos=True,
                                           preserve_prompts=captions, preserve_scale=0.1))
 
-    def both(shape, colour):
-        def score(images):
-            s = classifier.score(images)
-            return s["shape"][:, classifier.HEADS["shape"].index(shape)] * \
-                s["colour"][:, classifier.HEADS["colour"].index(colour)]
-        return lambda _concept: score
+    def old(_concept):  # the mascot's own orange star, shape and colour both
+        return concept_scorer(phrase)
 
-    old = both(world.STALE_FACT["shape"], world.STALE_FACT["colour"])
     before = rates(toy, [phrase], concept_prompt, old, SAMPLES)[0]
     with delta.applied(toy):
-        new_rate = rates(toy, [phrase], concept_prompt, both("heart", "blue"), SAMPLES)[0]
+        new_rate = rates(toy, [phrase], concept_prompt, lambda _: concept_scorer("blue heart"), SAMPLES)[0]
         old_rate = rates(toy, [phrase], concept_prompt, old, SAMPLES)[0]
     assert before >= 0.9 and old_rate <= 0.05, (before, old_rate)
     assert new_rate >= 0.7, new_rate
