@@ -92,10 +92,13 @@ def main() -> None:
                          "to EMCID's covariance corpus and UCE's preserve prompts")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--weights", help="a toy-world weights folder other than the shipped one (e.g. a training "
+                                      "run's export)")
     ap.add_argument("--json", default="out/emcid_toy.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    wb = Workbench.toy(device=args.device)
+    wb = Workbench.toy(device=args.device) if args.weights is None else Workbench.from_pretrained(
+        args.weights, device=args.device)
     n_max = max(args.sizes)
     full = toy_request(n_max, steps=args.steps, lam=args.lam)
     sources, destinations = full.sources, [e.destination for e in full.edits]

@@ -19,6 +19,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -114,21 +115,55 @@ def lr_factor(step: int, total: int, warmup: int = 200, floor: float = 0.02) -> 
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def training_batch(seed: int, step: int, batch: int, tokenizer: PreTrainedTokenizerFast,
-                   cfg_dropout: float = 0.1, mix: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, latents) for one step; derived from (seed, step) so resuming needs no rng state.
+def entity_ids(tokenizer: PreTrainedTokenizerFast) -> torch.Tensor:
+    """Token ids of the entity names (each name is one word-level token)."""
+    return torch.tensor(tokenizer.convert_tokens_to_ids(list(world.ENTITIES)))
 
-    `mix` overrides `world.random_scene`'s prompt-mix rates (e.g. more professions in a fine-tune)."""
+
+def training_batch(seed: int, step: int, batch: int, tokenizer: PreTrainedTokenizerFast,
+                   cfg_dropout: float = 0.1, mix: dict | None = None,
+                   splice_rate: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, Splice | None]:
+    """(input_ids, latents, splice) for one step; derived from (seed, step) so resuming needs no rng state.
+
+    `mix` overrides `world.random_scene`'s prompt-mix rates (e.g. more professions in a fine-tune).
+    With `splice_rate`, that share of the entity prompts gets a :class:`Splice` (see there)."""
     rng = np.random.default_rng([seed, step])
     prompts, images, _ = world.sample_batch(rng, batch, **(mix or {}))
     prompts = ["" if rng.random() < cfg_dropout else p for p in prompts]
     ids = tokenizer(prompts, padding="max_length", max_length=MAX_LENGTH, truncation=True,
                     return_tensors="pt").input_ids
-    return ids, encode_images(images)
+    splice = None
+    if splice_rate > 0:
+        names = entity_ids(tokenizer)
+        rows, cols = torch.nonzero(torch.isin(ids, names), as_tuple=True)
+        pick = torch.from_numpy(rng.random(len(rows)) < splice_rate)
+        rows, cols = rows[pick], cols[pick]
+        if len(rows):
+            other = ids[rows].clone()
+            # Any other entity: shift by 1..n-1 places in the name list, so the swap never repeats the name.
+            order = names.sort().values
+            where = torch.searchsorted(order, other[torch.arange(len(rows)), cols])
+            shift = torch.from_numpy(rng.integers(1, len(names), len(rows)))
+            other[torch.arange(len(rows)), cols] = order[(where + shift) % len(names)]
+            splice = Splice(rows, cols, other)
+    return ids, encode_images(images), splice
+
+
+class Splice(NamedTuple):
+    """Counterfactual contexts for entity prompts: in row ``rows[i]`` every position after the entity name
+    (at ``cols[i]``) is replaced by the encoding of ``other_ids[i]``, the same prompt naming another entity,
+    while the image stays the named entity's. The UNet thus learns that the name's own position says which
+    entity is drawn, as word-token cross-attention does in Stable Diffusion, instead of reading the entity
+    only from the end-of-text and padding positions (which a jointly trained encoder fills from layer 0 on)."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    other_ids: torch.Tensor
 
 
 def diffusion_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, sched: DDPMScheduler,
-                   ids: torch.Tensor, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+                   ids: torch.Tensor, x0: torch.Tensor, gen: torch.Generator,
+                   splice: Splice | None = None) -> torch.Tensor:
     """v-prediction MSE with min-SNR-5 weights, min(SNR,5)/(SNR+1)."""
     b = x0.shape[0]
     t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=gen)
@@ -136,12 +171,36 @@ def diffusion_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, sche
     xt = sched.add_noise(x0, noise, t)
     target = sched.get_velocity(x0, noise, t)
     cond = text_encoder(ids).last_hidden_state
+    if splice is not None:
+        other = text_encoder(splice.other_ids).last_hidden_state
+        after = torch.arange(ids.shape[1]) > splice.cols[:, None]
+        cond = cond.clone()
+        cond[splice.rows] = torch.where(after[..., None], other, cond[splice.rows])
     pred = unet(xt, t, encoder_hidden_states=cond).sample
     ac = sched.alphas_cumprod[t]
     snr = ac / (1 - ac)
     w = torch.clamp(snr, max=5.0) / (snr + 1)
     per = ((pred - target) ** 2).mean(dim=(1, 2, 3))
     return (w * per).mean()
+
+
+def knowledge_loss(text_encoder: CLIPTextModel, heads: torch.nn.Linear, ids: torch.Tensor,
+                   tokenizer: PreTrainedTokenizerFast) -> torch.Tensor:
+    """Cross-entropy of reading each named entity's bound shape and colour off the encoder's output at the
+    name's own position (linear heads, used only in training): the analogue of what CLIP's pretraining
+    teaches its text encoder about a name, before any diffusion training."""
+    names = entity_ids(tokenizer)
+    rows, cols = torch.nonzero(torch.isin(ids, names), as_tuple=True)
+    if not len(rows):
+        return torch.zeros(())
+    index_of = torch.zeros(len(tokenizer), dtype=torch.long)
+    index_of[names] = torch.arange(len(names))
+    which = index_of[ids[rows, cols]]
+    shape = torch.tensor([world.SHAPES.index(s) for s, _ in world.ENTITIES.values()])[which]
+    colour = torch.tensor([world.COLOURS.index(c) for _, c in world.ENTITIES.values()])[which]
+    out = heads(text_encoder(ids).last_hidden_state[rows, cols])
+    n = len(world.SHAPES)
+    return F.cross_entropy(out[:, :n], shape) + F.cross_entropy(out[:, n:], colour)
 
 
 def _named_params(unet: torch.nn.Module, te: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -162,15 +221,18 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, args: argparse.Namespace, models: tuple,
-                    ema_models: tuple, opt: torch.optim.Optimizer, losses: list[float]) -> None:
+                    ema_models: tuple, opt: torch.optim.Optimizer, losses: list[float],
+                    heads: torch.nn.Module | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_save(_named_params(*models), run_dir / "model.safetensors")
+    extra = {} if heads is None else {f"knowledge_heads.{k}": v for k, v in heads.state_dict().items()}
+    _atomic_save(_named_params(*models) | extra, run_dir / "model.safetensors")
     _atomic_save(_named_params(*ema_models), run_dir / "ema.safetensors")
     # Optimizer state is our own file inside the run folder, so torch.save is acceptable here.
     torch.save(opt.state_dict(), run_dir / "optimizer.pt.tmp")
     os.replace(run_dir / "optimizer.pt.tmp", run_dir / "optimizer.pt")
     state = {"step": step, "steps": args.steps, "seed": args.seed, "batch": args.batch, "init": args.init,
-             "lr": args.lr, "mix": scene_mix(args),
+             "lr": args.lr, "mix": scene_mix(args), "splice_rate": args.splice_rate,
+             "fixed_entity_embeddings": args.fixed_entity_embeddings, "knowledge_weight": args.knowledge_weight,
              "recent_loss": float(np.mean(losses[-100:])) if losses else None}
     (run_dir / "state.tmp").write_text(json.dumps(state))
     os.replace(run_dir / "state.tmp", run_dir / "state.json")
@@ -223,8 +285,9 @@ def train(args: argparse.Namespace) -> None:
     ema_unet.load_state_dict(unet.state_dict())
     for m in (ema_te, ema_unet):
         m.requires_grad_(False).eval()
+    heads = torch.nn.Linear(te.config.hidden_size, len(world.SHAPES) + len(world.COLOURS))
     params = list(unet.parameters()) + list(te.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params + list(heads.parameters()), lr=args.lr, weight_decay=0.01)
     start = 0
     if args.init:
         # Fine-tune from exported weights: model and EMA both start there, with a fresh optimizer.
@@ -236,11 +299,18 @@ def train(args: argparse.Namespace) -> None:
         print(f"initialised from {src}", flush=True)
     if args.resume and (run_dir / "state.json").exists():
         state = json.loads((run_dir / "state.json").read_text())
-        _load_named(unet, te, load_file(str(run_dir / "model.safetensors")))
+        saved = load_file(str(run_dir / "model.safetensors"))
+        _load_named(unet, te, saved)
+        if "knowledge_heads.weight" in saved:
+            heads.load_state_dict({k[16:]: v for k, v in saved.items() if k.startswith("knowledge_heads.")})
         _load_named(ema_unet, ema_te, load_file(str(run_dir / "ema.safetensors")))
         opt.load_state_dict(torch.load(run_dir / "optimizer.pt", weights_only=True))
         start = int(state["step"])
         print(f"resumed from step {start}", flush=True)
+    frozen = None
+    if args.fixed_entity_embeddings:
+        frozen = fix_entity_embeddings(te, tokenizer, seed=args.seed, redraw=start == 0)
+        ema_te.get_input_embeddings().weight.data[frozen[0]] = frozen[1]
     sched = DDPMScheduler(**scheduler_kwargs())
     ema_params = list(ema_unet.parameters()) + list(ema_te.parameters())
     unet.train()
@@ -251,13 +321,20 @@ def train(args: argparse.Namespace) -> None:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_factor(step, args.steps)
-        ids, x0 = training_batch(args.seed, step, args.batch, tokenizer, mix=scene_mix(args))
+        ids, x0, splice = training_batch(args.seed, step, args.batch, tokenizer, mix=scene_mix(args),
+                                         splice_rate=args.splice_rate)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        loss = diffusion_loss(unet, te, sched, ids, x0, gen)
+        loss = diffusion_loss(unet, te, sched, ids, x0, gen, splice)
+        if args.knowledge_weight:
+            loss = loss + args.knowledge_weight * knowledge_loss(te, heads, ids, tokenizer)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if frozen is not None:
+            te.get_input_embeddings().weight.grad[frozen[0]] = 0
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if frozen is not None:  # AdamW's weight decay would still shrink them
+            te.get_input_embeddings().weight.data[frozen[0]] = frozen[1]
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - args.ema)
         losses.append(loss.item())
@@ -265,7 +342,7 @@ def train(args: argparse.Namespace) -> None:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         done = step + 1
         if done % args.ckpt_every == 0 or done == args.steps:
-            save_checkpoint(run_dir, done, args, (unet, te), (ema_unet, ema_te), opt, losses)
+            save_checkpoint(run_dir, done, args, (unet, te), (ema_unet, ema_te), opt, losses, heads)
             rate = (done - start) / (time.time() - t0)
             print(f"\nstep {done} loss {np.mean(losses[-100:]):.4f} {rate:.2f} steps/s", flush=True)
     ema_unet.eval()
@@ -274,8 +351,28 @@ def train(args: argparse.Namespace) -> None:
     print(f"exported EMA weights to {args.out}", flush=True)
 
 
+def fix_entity_embeddings(te: CLIPTextModel, tokenizer: PreTrainedTokenizerFast, seed: int,
+                          redraw: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, rows): the entity names' token embeddings, held fixed during training.
+
+    With ``redraw`` they are first replaced by seeded random vectors of the other rows' mean norm. A learned
+    embedding table is where a jointly trained encoder puts an invented name's binding (names bound alike
+    end up alike), out of reach of any MLP edit; fixed random rows make the encoder's MLPs store it, as a
+    pretrained CLIP stores what it knows about a rare name."""
+    ids = entity_ids(tokenizer)
+    weight = te.get_input_embeddings().weight.data
+    if redraw:
+        others = torch.ones(len(weight), dtype=torch.bool)
+        others[ids] = False
+        gen = torch.Generator().manual_seed(10_000 + seed)
+        rows = torch.randn((len(ids), weight.shape[1]), generator=gen)
+        weight[ids] = rows / rows.norm(dim=1, keepdim=True) * weight[others].norm(dim=1).mean()
+    return ids, weight[ids].clone()
+
+
 def scene_mix(args: argparse.Namespace) -> dict[str, float]:
-    return {"profession_rate": args.profession_rate, "shape_only_rate": args.shape_only_rate}
+    return {"profession_rate": args.profession_rate, "shape_only_rate": args.shape_only_rate,
+            "entity_rate": args.entity_rate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,6 +391,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profession-rate", type=float, default=0.12, help="share of profession scenes")
     ap.add_argument("--shape-only-rate", type=float, default=0.1,
                     help="share of plain shape scenes whose prompt names the shape but not the colour")
+    ap.add_argument("--entity-rate", type=float, default=0.25, help="share of entity scenes")
+    ap.add_argument("--splice-rate", type=float, default=0.0,
+                    help="share of entity prompts whose positions after the name come from another entity's "
+                         "prompt (the image stays the named entity's)")
+    ap.add_argument("--knowledge-weight", type=float, default=0.0,
+                    help="weight of an auxiliary loss that reads each entity's bound shape and colour off the "
+                         "encoder output at the name (the knowledge a pretrained text encoder brings)")
+    ap.add_argument("--fixed-entity-embeddings", action="store_true",
+                    help="redraw the entity names' token embeddings at random (unless resuming) and keep them "
+                         "fixed, so the encoder's MLPs must store each name's binding")
     train(ap.parse_args(argv))
     return 0
 
