@@ -1,0 +1,60 @@
+"""The toy world's training pieces that put an entity's binding at its name: counterfactual splices, the
+knowledge loss, and entity embeddings held fixed through training."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import CLIPTextModel
+
+from workbench.toy import train, world
+
+
+def test_splice_swaps_only_the_entity_name_for_another_entity() -> None:
+    tok = train.build_tokenizer()
+    names = set(train.entity_ids(tok).tolist())
+    ids, _, splice = train.training_batch(0, 7, 64, tok, mix={"entity_rate": 0.5}, splice_rate=0.5)
+    again = train.training_batch(0, 7, 64, tok, mix={"entity_rate": 0.5}, splice_rate=0.5)[2]
+    assert splice is not None and 5 <= len(splice.rows) <= 30
+    assert all(torch.equal(a, b) for a, b in zip(splice, again, strict=True))  # seeded by (seed, step)
+    for i, (row, col) in enumerate(zip(splice.rows.tolist(), splice.cols.tolist(), strict=True)):
+        differ = (ids[row] != splice.other_ids[i]).nonzero().flatten().tolist()
+        assert differ == [col]
+        assert ids[row, col].item() in names and splice.other_ids[i, col].item() in names
+    # without a splice rate the batch is what it always was
+    plain_ids, _, none = train.training_batch(0, 7, 64, tok, mix={"entity_rate": 0.5})
+    assert none is None and torch.equal(plain_ids, ids)
+
+
+def test_knowledge_loss_reads_each_name_s_bound_shape_and_colour() -> None:
+    tok = train.build_tokenizer()
+    te = train.build_text_encoder(tok).eval()
+    heads = torch.nn.Linear(te.config.hidden_size, len(world.SHAPES) + len(world.COLOURS))
+    names = list(world.ENTITIES)[5:9]
+    prompts = [f"a photo of {n}" for n in names] + ["a red circle"]
+    ids = tok(prompts, padding="max_length", max_length=train.MAX_LENGTH, return_tensors="pt").input_ids
+    got = train.knowledge_loss(te, heads, ids, tok)
+    out = heads(te(ids[:4]).last_hidden_state[:, 4])  # BOS a photo of NAME: the name sits at position 4
+    shape = torch.tensor([world.SHAPES.index(world.ENTITIES[n][0]) for n in names])
+    colour = torch.tensor([world.COLOURS.index(world.ENTITIES[n][1]) for n in names])
+    want = F.cross_entropy(out[:, :10], shape) + F.cross_entropy(out[:, 10:], colour)
+    torch.testing.assert_close(got, want)
+    assert train.knowledge_loss(te, heads, ids[4:], tok).item() == 0.0  # no entity named
+
+
+def test_fixed_entity_embeddings_survive_training(tmp_path) -> None:
+    out = tmp_path / "out"
+    train.main(["--init", "workbench/toy/weights", "--steps", "2", "--batch", "8", "--threads", "1",
+                "--run-dir", str(tmp_path / "run"), "--out", str(out), "--entity-rate", "0.5",
+                "--splice-rate", "0.5", "--knowledge-weight", "0.1", "--fixed-entity-embeddings"])
+    tok = train.build_tokenizer()
+    ids = train.entity_ids(tok)
+    before = CLIPTextModel.from_pretrained("workbench/toy/weights/text_encoder").get_input_embeddings().weight
+    after = CLIPTextModel.from_pretrained(str(out / "text_encoder")).get_input_embeddings().weight
+    te = CLIPTextModel.from_pretrained("workbench/toy/weights/text_encoder")
+    _, drawn = train.fix_entity_embeddings(te, tok, seed=0, redraw=True)
+    torch.testing.assert_close(after[ids], drawn, rtol=0, atol=0)  # redrawn, then never updated
+    others = torch.ones(len(before), dtype=torch.bool)
+    others[ids] = False
+    assert not torch.equal(after[others], before[others])  # the rest of the table did train
+    torch.testing.assert_close(drawn.norm(dim=1), before[others].norm(dim=1).mean().expand(len(ids)))
