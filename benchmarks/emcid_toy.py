@@ -82,7 +82,11 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=10, help="seeds per entity")
     ap.add_argument("--holdouts", type=int, default=20)
     ap.add_argument("--steps", type=int, default=30, help="EMCID stage I Adam steps")
-    ap.add_argument("--lam", type=float, default=200.0, help="EMCID preserve-covariance weight")
+    ap.add_argument("--lam", type=float, nargs="+", default=[200.0],
+                    help="EMCID preserve-covariance weight(s); stage II runs once per value on the same targets")
+    ap.add_argument("--x0", default="source", choices=["source", "destination", "noise"],
+                    help="EMCID stage I: where the noised samples come from")
+    ap.add_argument("--noise-samples", type=int, default=2, help="EMCID stage I: (x_t, t) draws per prompt")
     ap.add_argument("--editors", nargs="*", default=["emcid", "uce"])
     ap.add_argument("--uce-preserve-scale", type=float, default=0.1,
                     help="UCE's weight of the caption preserve set (at 1 it blocked every rewrite: 0 %% success)")
@@ -100,7 +104,8 @@ def main() -> None:
     wb = Workbench.toy(device=args.device) if args.weights is None else Workbench.from_pretrained(
         args.weights, device=args.device)
     n_max = max(args.sizes)
-    full = toy_request(n_max, steps=args.steps, lam=args.lam)
+    stage_one_settings = dict(steps=args.steps, samples=args.x0, noise_samples=args.noise_samples)
+    full = toy_request(n_max, **stage_one_settings)
     sources, destinations = full.sources, [e.destination for e in full.edits]
     # The toy encoder represents an entity by its bound (shape, colour): keys of entities sharing a binding
     # have cosine 0.90 at the edited fc2 inputs, others -0.01 (73 bindings for 200 entities). Rewriting an
@@ -173,10 +178,11 @@ def main() -> None:
 
     rows = []
     for n in args.sizes:
-        req = toy_request(n, steps=args.steps, lam=args.lam)
-        for editor in args.editors:
+        runs = [(e, lam) for e in args.editors for lam in (args.lam if e == "emcid" else [None])]
+        for editor, lam in runs:
             t = time.perf_counter()
             if editor == "emcid":
+                req = toy_request(n, lam=lam, **stage_one_settings)
                 new = stage_two(wb, req, layers, one.targets[:n], cov)
                 delta = WeightDelta.capture(wb, new, method="emcid")
             else:
@@ -189,7 +195,7 @@ def main() -> None:
                          "twins": measure(twins),
                          "unrelated": measure(UNRELATED)}
             success = after["edited"]
-            row = {"editor": editor, "edits": n,
+            row = {"editor": editor, "edits": n, "lam": lam,
                    "success_mean": float(np.mean(success)),
                    "entities_at_least_half": float(np.mean([s >= 0.5 for s in success])),
                    "before_mean": float(np.mean(before["edited"][:n])),
@@ -208,7 +214,8 @@ def main() -> None:
     for r in rows:
         extra = (f" + stage I {timings['emcid_stage_one_per_concept'] * r['edits']:.0f} s"
                  if r["editor"] == "emcid" else "")
-        print(f"| {r['edits']} | {r['editor']} | {r['success_mean']:.0%} | {r['entities_at_least_half']:.0%} | "
+        name = r["editor"] + (f" λ={r['lam']:g}" if r["lam"] is not None else "")
+        print(f"| {r['edits']} | {name} | {r['success_mean']:.0%} | {r['entities_at_least_half']:.0%} | "
               f"{r['holdout_before']:.0%} → {r['holdout_after']:.0%} ({r['holdout_max_abs_change'] * 100:.0f} pts) | "
               f"{r['twins_mean_change'] * 100:+.0f} pts | {r['unrelated_max_abs_change'] * 100:.0f} pts | "
               f"{r['edit_seconds']:.1f} s{extra} |")
