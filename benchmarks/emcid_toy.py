@@ -162,8 +162,8 @@ def main() -> None:
         with shifted(wb, one.layer, dict(zip(sources, one.targets - one.initial, strict=True))):
             stage_one_alone = measure(sources, target_scorer)
         by_binding = {world.ENTITIES[e]: e for e in reversed(world.ENTITIES) if e not in edited}
-        wanted = {s: (world.parse_prompt(d).shape, world.parse_prompt(d).colour)
-                  for s, d in zip(sources, destinations, strict=True)}
+        parsed = {s: world.parse_prompt(d) for s, d in zip(sources, destinations, strict=True)}
+        wanted = {s: (e.shape, e.colour) for s, e in parsed.items()}
         oracle = [(s, by_binding[b]) for s, b in wanted.items() if b in by_binding]
         twin_names = sorted({t for _, t in oracle})
         state = dict(zip(twin_names, subject_states(wb, EMCIDRequest([(t, "a red circle") for t in twin_names]),

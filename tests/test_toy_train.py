@@ -33,13 +33,13 @@ def test_knowledge_loss_reads_each_name_s_bound_shape_and_colour() -> None:
     names = list(world.ENTITIES)[5:9]
     prompts = [f"a photo of {n}" for n in names] + ["a red circle"]
     ids = tok(prompts, padding="max_length", max_length=train.MAX_LENGTH, return_tensors="pt").input_ids
-    got = train.knowledge_loss(te, heads, ids, tok)
+    got = train.knowledge_loss(heads, te(ids).last_hidden_state, ids, tok)
     out = heads(te(ids[:4]).last_hidden_state[:, 4])  # BOS a photo of NAME: the name sits at position 4
     shape = torch.tensor([world.SHAPES.index(world.ENTITIES[n][0]) for n in names])
     colour = torch.tensor([world.COLOURS.index(world.ENTITIES[n][1]) for n in names])
     want = F.cross_entropy(out[:, :10], shape) + F.cross_entropy(out[:, 10:], colour)
     torch.testing.assert_close(got, want)
-    assert train.knowledge_loss(te, heads, ids[4:], tok).item() == 0.0  # no entity named
+    assert train.knowledge_loss(heads, te(ids[4:]).last_hidden_state, ids[4:], tok).item() == 0.0  # no entity named
 
 
 def test_fixed_entity_embeddings_survive_training(tmp_path) -> None:

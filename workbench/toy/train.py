@@ -15,6 +15,7 @@ import os
 os.environ.setdefault("GOMP_SPINCOUNT", "2000")
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -161,21 +162,26 @@ class Splice(NamedTuple):
     other_ids: torch.Tensor
 
 
-def diffusion_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, sched: DDPMScheduler,
-                   ids: torch.Tensor, x0: torch.Tensor, gen: torch.Generator,
-                   splice: Splice | None = None) -> torch.Tensor:
-    """v-prediction MSE with min-SNR-5 weights, min(SNR,5)/(SNR+1)."""
+def spliced(text_encoder: CLIPTextModel, cond: torch.Tensor, splice: Splice | None) -> torch.Tensor:
+    """The encoder states ``cond`` with each :class:`Splice` row's positions after the name taken from the
+    encoding of its other prompt (``cond`` itself when there is no splice)."""
+    if splice is None:
+        return cond
+    other = text_encoder(splice.other_ids).last_hidden_state
+    after = torch.arange(cond.shape[1]) > splice.cols[:, None]
+    cond = cond.clone()
+    cond[splice.rows] = torch.where(after[..., None], other, cond[splice.rows])
+    return cond
+
+
+def diffusion_loss(unet: UNet2DConditionModel, sched: DDPMScheduler, cond: torch.Tensor, x0: torch.Tensor,
+                   gen: torch.Generator) -> torch.Tensor:
+    """v-prediction MSE with min-SNR-5 weights, min(SNR,5)/(SNR+1); ``cond`` is the text encoder's output."""
     b = x0.shape[0]
     t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (b,), generator=gen)
     noise = torch.randn(x0.shape, generator=gen)
     xt = sched.add_noise(x0, noise, t)
     target = sched.get_velocity(x0, noise, t)
-    cond = text_encoder(ids).last_hidden_state
-    if splice is not None:
-        other = text_encoder(splice.other_ids).last_hidden_state
-        after = torch.arange(ids.shape[1]) > splice.cols[:, None]
-        cond = cond.clone()
-        cond[splice.rows] = torch.where(after[..., None], other, cond[splice.rows])
     pred = unet(xt, t, encoder_hidden_states=cond).sample
     ac = sched.alphas_cumprod[t]
     snr = ac / (1 - ac)
@@ -184,11 +190,18 @@ def diffusion_loss(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, sche
     return (w * per).mean()
 
 
-def knowledge_loss(text_encoder: CLIPTextModel, heads: torch.nn.Linear, ids: torch.Tensor,
+@functools.cache
+def _entity_labels() -> tuple[torch.Tensor, torch.Tensor]:
+    """(shape index, colour index) of each entity's binding, in ``world.ENTITIES`` order."""
+    return (torch.tensor([world.SHAPES.index(s) for s, _ in world.ENTITIES.values()]),
+            torch.tensor([world.COLOURS.index(c) for _, c in world.ENTITIES.values()]))
+
+
+def knowledge_loss(heads: torch.nn.Linear, hidden: torch.Tensor, ids: torch.Tensor,
                    tokenizer: PreTrainedTokenizerFast) -> torch.Tensor:
-    """Cross-entropy of reading each named entity's bound shape and colour off the encoder's output at the
-    name's own position (linear heads, used only in training): the analogue of what CLIP's pretraining
-    teaches its text encoder about a name, before any diffusion training."""
+    """Cross-entropy of reading each named entity's bound shape and colour off the encoder's output
+    ``hidden`` (for ``ids``) at the name's own position (linear heads, used only in training): the analogue
+    of what CLIP's pretraining teaches its text encoder about a name, before any diffusion training."""
     names = entity_ids(tokenizer)
     rows, cols = torch.nonzero(torch.isin(ids, names), as_tuple=True)
     if not len(rows):
@@ -196,9 +209,8 @@ def knowledge_loss(text_encoder: CLIPTextModel, heads: torch.nn.Linear, ids: tor
     index_of = torch.zeros(len(tokenizer), dtype=torch.long)
     index_of[names] = torch.arange(len(names))
     which = index_of[ids[rows, cols]]
-    shape = torch.tensor([world.SHAPES.index(s) for s, _ in world.ENTITIES.values()])[which]
-    colour = torch.tensor([world.COLOURS.index(c) for _, c in world.ENTITIES.values()])[which]
-    out = heads(text_encoder(ids).last_hidden_state[rows, cols])
+    shape, colour = (labels[which] for labels in _entity_labels())
+    out = heads(hidden[rows, cols])
     n = len(world.SHAPES)
     return F.cross_entropy(out[:, :n], shape) + F.cross_entropy(out[:, n:], colour)
 
@@ -324,9 +336,10 @@ def train(args: argparse.Namespace) -> None:
         ids, x0, splice = training_batch(args.seed, step, args.batch, tokenizer, mix=scene_mix(args),
                                          splice_rate=args.splice_rate)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        loss = diffusion_loss(unet, te, sched, ids, x0, gen, splice)
+        cond = te(ids).last_hidden_state
+        loss = diffusion_loss(unet, sched, spliced(te, cond, splice), x0, gen)
         if args.knowledge_weight:
-            loss = loss + args.knowledge_weight * knowledge_loss(te, heads, ids, tokenizer)
+            loss = loss + args.knowledge_weight * knowledge_loss(heads, cond, ids, tokenizer)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if frozen is not None:
