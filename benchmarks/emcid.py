@@ -28,17 +28,12 @@ from editors.emcid import (
     toy_captions,
 )
 from workbench import Workbench
-from workbench.toy.world import COLOURS, ENTITIES, SHAPES
+from workbench.toy.world import rebinding
 
 
 def toy_request(n: int, **kw) -> EMCIDRequest:
     """Entity i -> a (colour, shape) that differs from its own."""
-    edits = []
-    for i, (name, (shape, colour)) in enumerate(list(ENTITIES.items())[:n]):
-        new_shape = SHAPES[(SHAPES.index(shape) + 1 + i % (len(SHAPES) - 1)) % len(SHAPES)]
-        new_colour = COLOURS[(COLOURS.index(colour) + 1 + i % (len(COLOURS) - 1)) % len(COLOURS)]
-        edits.append((name, f"a {new_colour} {new_shape}"))
-    return EMCIDRequest(edits, **kw)
+    return EMCIDRequest([rebinding(i) for i in range(n)], **kw)
 
 
 def time_stage_two(wb: Workbench, req: EMCIDRequest, layers: list[str], cov: dict[str, torch.Tensor]) -> float:

@@ -17,8 +17,8 @@ binding, which the toy encoder represents alike) are reported apart; unrelated p
 Two ceilings come first: stage I's targets alone (added at the subject token, no weights edited), and an
 oracle target (the state of an unedited entity already bound to the destination).
 
-    python benchmarks/emcid_toy.py [--sizes 1 10 50 100] [--samples 10] [--steps 30] [--lam 200]
-        [--device cuda] [--json out/emcid_toy.json]
+    python benchmarks/emcid_toy.py [--model toy-entities] [--sizes 1 10 50 100] [--samples 10] [--steps 100]
+        [--layers 0 1] [--x0 destination] [--noise-samples 8] [--lam 4000] [--device cuda] [--json out/emcid_toy.json]
 """
 
 from __future__ import annotations
@@ -81,28 +81,30 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="*", default=[1, 10, 50, 100])
     ap.add_argument("--samples", type=int, default=10, help="seeds per entity")
     ap.add_argument("--holdouts", type=int, default=20)
-    ap.add_argument("--steps", type=int, default=30, help="EMCID stage I Adam steps")
-    ap.add_argument("--lam", type=float, nargs="+", default=[200.0],
+    ap.add_argument("--steps", type=int, default=100, help="EMCID stage I Adam steps")
+    ap.add_argument("--lam", type=float, nargs="+", default=[4000.0],
                     help="EMCID preserve-covariance weight(s); stage II runs once per value on the same targets")
-    ap.add_argument("--x0", default="source", choices=["source", "destination", "noise"],
+    ap.add_argument("--x0", default="destination", choices=["source", "destination", "noise"],
                     help="EMCID stage I: where the noised samples come from")
-    ap.add_argument("--noise-samples", type=int, default=2, help="EMCID stage I: (x_t, t) draws per prompt")
+    ap.add_argument("--noise-samples", type=int, default=8, help="EMCID stage I: (x_t, t) draws per prompt")
     ap.add_argument("--editors", nargs="*", default=["emcid", "uce"])
     ap.add_argument("--uce-preserve-scale", type=float, default=0.1,
                     help="UCE's weight of the caption preserve set (at 1 it blocked every rewrite: 0 %% success)")
-    ap.add_argument("--layers", type=int, nargs="*", help="EMCID text-encoder layers (default: the paper's range)")
+    ap.add_argument("--layers", type=int, nargs="*", default=[0, 1],
+                    help="EMCID text-encoder layers (default 0 1, where toy-entities' entity keys still differ; "
+                         "give no value for the paper's range, layers 2-3 of 4)")
     ap.add_argument("--entity-preserve", type=int, default=0,
                     help="add this many captions of the entities neither edited nor evaluated (the middle ones) "
                          "to EMCID's covariance corpus and UCE's preserve prompts")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--weights", help="a toy-world weights folder other than the shipped one (e.g. a training "
-                                      "run's export)")
+    ap.add_argument("--model", default="toy-entities",
+                    help="toy-entities (entity knowledge at the name; the world EMCID is tested on), toy, or a "
+                         "toy-world export folder (e.g. a training run's)")
     ap.add_argument("--json", default="out/emcid_toy.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    wb = Workbench.toy(device=args.device) if args.weights is None else Workbench.from_pretrained(
-        args.weights, device=args.device)
+    wb = Workbench.load(args.model, device=args.device)
     n_max = max(args.sizes)
     stage_one_settings = dict(steps=args.steps, samples=args.x0, noise_samples=args.noise_samples)
     full = toy_request(n_max, **stage_one_settings)
@@ -147,7 +149,7 @@ def main() -> None:
     print(f"before: {time.perf_counter() - t0:.0f} s; edited show their new target "
           f"{np.mean(before['edited']):.1%}, their own {np.mean(before['own']):.1%}", flush=True)
 
-    layers = fc2_layers(wb, None if args.layers is None else [f"text.encoder.layers.{i}" for i in args.layers])
+    layers = fc2_layers(wb, [f"text.encoder.layers.{i}" for i in args.layers] or None)
     timings: dict[str, float] = {}
     if "emcid" in args.editors:
         t = time.perf_counter()

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from workbench import WeightDelta, Workbench
 from workbench.layers import edit_targets
+from workbench.model import TOY_WORLDS
 
 from .solve import ridge_solve
 
@@ -258,7 +259,7 @@ def toy_captions(n: int = 2000, seed: int = 0) -> list[str]:
 
 def _captions(wb: Workbench, captions: Sequence[str] | str | os.PathLike | None) -> tuple[list[str], str]:
     if captions is None:
-        if wb.name != "toy":
+        if wb.name not in TOY_WORLDS.values():
             raise ValueError("EMCID needs a caption corpus for its preserve covariance: pass captions=[...] or "
                              "the path of a text file with one caption per line")
         return toy_captions(), "toy grammar (2000 captions, seed 0)"

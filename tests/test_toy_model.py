@@ -1,6 +1,7 @@
 """The shipped toy-world model: a fast version of `workbench toy check` (fewer seeds, margins stated)."""
 
 import pytest
+import torch
 
 from workbench import Workbench
 from workbench.toy import world
@@ -49,3 +50,17 @@ def test_fast_acceptance(report):
 def test_scorers_agree_on_generated_images(report):
     for head in ("shape", "colour", "hazard"):
         assert report["agreement_cnn_rule"][head] >= 0.85, head
+
+
+def test_entity_world_shares_everything_but_its_retrained_weights(toy):
+    entities = Workbench.load("toy-entities")
+    assert (toy.name, entities.name) == ("toy", "toy-entities")
+    assert entities.tokenizer.get_vocab() == toy.tokenizer.get_vocab()
+    assert entities.scheduler.config == toy.scheduler.config and entities.defaults == toy.defaults
+    for part in ("unet", "text_encoder"):
+        ours, base = getattr(entities, part).state_dict(), getattr(toy, part).state_dict()
+        assert ours.keys() == base.keys()
+        assert any(not torch.equal(ours[k], base[k]) for k in ours), part
+    assert entities.fingerprint() != toy.fingerprint()
+    with pytest.raises(ValueError, match="unknown toy world 'entity'; expected one of base, entities"):
+        Workbench.toy("entity")

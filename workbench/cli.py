@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-MODEL_HELP = "toy, tiny, sd15, sd21 (random weights) or a local diffusers folder / .safetensors file"
+MODEL_HELP = ("toy, toy-entities (the toy worlds), tiny, sd15, sd21 (random weights) or a local diffusers folder / "
+              ".safetensors file")
 
 
 def _load(model: str):
@@ -50,10 +51,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from tracing import trace_text_encoder, trace_unet
     from tracing.plot import save_heatmap
 
+    from .model import TOY_WORLDS
+
     wb = _load(args.model)
     scorer = None
     if args.metric == "faithful":
-        if args.model != "toy":
+        if args.model not in TOY_WORLDS.values():
             raise ValueError("--metric faithful needs a concept scorer; the CLI has one for --model toy (use the "
                              "Python API with any callable images -> score for other models)")
         from .toy.check import concept_scorer
@@ -81,6 +84,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_edit(args: argparse.Namespace) -> int:
     from editors import EMCIDRequest, ESDRequest, QuickFixRequest, UCERequest, emcid, esd, quickfix, uce
 
+    from .model import TOY_WORLDS
+
     if Path(args.out).exists() and not args.overwrite:
         raise FileExistsError(f"{args.out!r} exists; pass --overwrite or pick another path")
     wb = _load(args.model)
@@ -100,7 +105,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
                              else 0.5, erase_scale=args.erase_scale, preserve_scale=args.preserve_scale)
         scorer = None
         if debias:
-            if args.model != "toy":
+            if args.model not in TOY_WORLDS.values():
                 raise ValueError("--debias from the CLI needs the toy world's attribute scorer (--model toy)")
             from .toy import classifier
 

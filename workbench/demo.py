@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .files import atomic_write
 from .images import grid, save_image
-from .model import Workbench
+from .model import TOY_WORLDS, Workbench
 
 MIN_EFFECT = 0.05  # below this restore effect a trace has located nothing
 
@@ -35,7 +35,7 @@ def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str =
     from .toy import world
     from .toy.check import ARTIST_TEMPLATES
 
-    if model != "toy":
+    if model not in TOY_WORLDS.values():
         raise ValueError("the demo runs on the toy world (--model toy): its scorer is the ground truth")
     if subject not in world.ARTISTS:
         raise ValueError(f"the demo erases an artist; {subject!r} is not one of {world.ARTISTS}")

@@ -31,6 +31,7 @@ from .layers import Layer, build_table, execution_order, select
 CONFIG_DIR = Path(__file__).parent / "configs"
 TOY_DIR = Path(__file__).parent / "toy" / "weights"
 ARCHES = ("tiny", "sd15", "sd21")
+TOY_WORLDS = {"base": "toy", "entities": "toy-entities"}  # world -> model name
 REQUIRED_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
 INPUT = ":input"
 
@@ -204,20 +205,35 @@ class Workbench:
         return wb.to(device, dtype)
 
     @classmethod
-    def toy(cls, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Workbench:
-        """The trained toy world shipped in the repo (``workbench/toy/weights``)."""
+    def toy(cls, world: str = "base", *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Workbench:
+        """A trained toy world shipped in the repo (``workbench/toy/weights``).
+
+        ``world``: ``"base"`` (the default world, name ``toy``), or ``"entities"`` (name ``toy-entities``): the
+        same world retrained so that each of the 200 entities' binding is stored in the text encoder at the
+        name's own position, as knowledge editors such as EMCID assume (``workbench/toy/README.md``).
+        """
+        if world not in TOY_WORLDS:
+            raise ValueError(f"unknown toy world {world!r}; expected one of {', '.join(TOY_WORLDS)}")
         if not (TOY_DIR / "unet").is_dir():
             raise FileNotFoundError(f"toy-world weights are missing at {TOY_DIR}; train them with "
                                     f"`workbench toy train`")
         wb = cls.from_pretrained(TOY_DIR, device=device, dtype=dtype)
-        wb.name = "toy"
+        wb.name = TOY_WORLDS[world]
+        if world != "base":
+            from safetensors.torch import load_model
+
+            # Only the retrained weights are stored; configs, tokenizer and scheduler are the base world's.
+            for part, module in (("unet", wb.unet), ("text_encoder", wb.text_encoder)):
+                load_model(module, TOY_DIR / world / f"{part}.safetensors", device=str(wb.device))
+            wb.source = f"{TOY_DIR} ({world})"
         return wb
 
     @classmethod
     def load(cls, model: str, **kw) -> Workbench:
-        """``toy``, ``tiny``, ``sd15``, ``sd21`` or a local path (the CLI's ``--model``)."""
-        if model == "toy":
-            return cls.toy(**kw)
+        """``toy``, ``toy-entities``, ``tiny``, ``sd15``, ``sd21`` or a local path (the CLI's ``--model``)."""
+        for world, name in TOY_WORLDS.items():
+            if model == name:
+                return cls.toy(world, **kw)
         if model in ARCHES:
             return cls.random(model, **kw)
         return cls.from_pretrained(model, **kw)

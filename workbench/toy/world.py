@@ -116,6 +116,15 @@ def _make_entities(n: int = 200, seed: int = 1234) -> dict[str, tuple[str, str]]
 ENTITIES: dict[str, tuple[str, str]] = _make_entities()
 
 
+def rebinding(i: int) -> tuple[str, str]:
+    """Entity i and a new target for it, "a <colour> <shape>", differing from its binding in both (the
+    knowledge-edit benchmark's and tests' rewrites)."""
+    name, (shape, colour) = list(ENTITIES.items())[i]
+    new_shape = SHAPES[(SHAPES.index(shape) + 1 + i % (len(SHAPES) - 1)) % len(SHAPES)]
+    new_colour = COLOURS[(COLOURS.index(colour) + 1 + i % (len(COLOURS) - 1)) % len(COLOURS)]
+    return name, f"a {new_colour} {new_shape}"
+
+
 def vocabulary() -> list[str]:
     """Every word any prompt can contain, sorted."""
     words = set(_GRAMMAR_WORDS) | set(SHAPES) | set(COLOURS) | set(ATTRIBUTES) | set(PROFESSIONS)
