@@ -27,15 +27,20 @@ import argparse
 import json
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from emcid import toy_request  # benchmarks/emcid.py, the same request as the timing benchmark
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from editors import UCERequest, uce
 from editors.emcid import (
     EMCIDRequest,
+    StageOne,
+    block_of,
     caption_covariance,
     fc2_layers,
     stage_one,
@@ -45,10 +50,32 @@ from editors.emcid import (
 )
 from workbench import WeightDelta, Workbench
 from workbench.evaluate import rates
+from workbench.files import atomic_write
 from workbench.toy import world
 from workbench.toy.check import concept_prompt, concept_scorer
 
 UNRELATED = ["circle", "star", "red", "blue", "jonas flet", "vera kolm"]
+
+
+def cached_stage_one(wb: Workbench, request: EMCIDRequest, layer: str, path: str | None) -> tuple[StageOne, bool]:
+    """Stage I's targets, read from ``path`` when it holds a run of the same weights, request and layer
+    (stage I does not depend on λ or the layers below ``layer``, so sweeps of those skip it); else computed
+    and, with a path, saved there. Returns (targets, whether they came from the file)."""
+    settings = {k: v for k, v in asdict(request).items() if k not in ("lam", "edit_weight", "ridge")}
+    key = json.dumps({"weights": wb.fingerprint(), "layer": block_of(wb, layer), "request": settings},
+                     sort_keys=True, default=list)
+    if path and Path(path).is_file():
+        with safe_open(path, "pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                t = {name: f.get_tensor(name) for name in f.keys()}
+                return StageOne(block_of(wb, layer), t["targets"], t["initial"], t["losses"]), True
+        print(f"{path} holds stage I for other settings; recomputing and replacing it", flush=True)
+    one = stage_one(wb, request, layer, progress=True)
+    if path:
+        tensors = {"targets": one.targets, "initial": one.initial, "losses": one.losses}
+        atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                                                 metadata={"key": key}))
+    return one, False
 
 
 @contextmanager
@@ -101,6 +128,9 @@ def main() -> None:
     ap.add_argument("--model", default="toy-entities",
                     help="toy-entities (entity knowledge at the name; the world EMCID is tested on), toy, or a "
                          "toy-world export folder (e.g. a training run's)")
+    ap.add_argument("--stage-one-cache", metavar="FILE.safetensors",
+                    help="reuse stage I's targets from this file when its settings match (else compute and save "
+                         "them there): sweeps of --lam or --entity-preserve with the same largest --sizes skip stage I")
     ap.add_argument("--json", default="out/emcid_toy.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -155,10 +185,13 @@ def main() -> None:
         t = time.perf_counter()
         corpus = [c for c in toy_captions() if not any(e in c.split() for e in edited | set(held) | set(twins))]
         cov = caption_covariance(wb, layers, corpus + entity_captions)
-        one = stage_one(wb, full, layers[-1], progress=True)
-        timings["emcid_stage_one_per_concept"] = (time.perf_counter() - t) / n_max
-        print(f"EMCID stage I: {timings['emcid_stage_one_per_concept']:.2f} s per concept ({args.steps} steps)",
-              flush=True)
+        one, cached = cached_stage_one(wb, full, layers[-1], args.stage_one_cache)
+        if cached:
+            print(f"EMCID stage I: read from {args.stage_one_cache}", flush=True)
+        else:
+            timings["emcid_stage_one_per_concept"] = (time.perf_counter() - t) / n_max
+            print(f"EMCID stage I: {timings['emcid_stage_one_per_concept']:.2f} s per concept ({args.steps} "
+                  f"steps)", flush=True)
         # Ceilings: stage I's targets alone, and an oracle target: the state of an unedited entity already
         # bound to the destination (its "twin"), for the edits whose destination binding has one.
         with shifted(wb, one.layer, dict(zip(sources, one.targets - one.initial, strict=True))):
@@ -215,7 +248,7 @@ def main() -> None:
           "|---|---|---|---|---|---|---|---|")
     for r in rows:
         extra = (f" + stage I {timings['emcid_stage_one_per_concept'] * r['edits']:.0f} s"
-                 if r["editor"] == "emcid" else "")
+                 if r["editor"] == "emcid" and "emcid_stage_one_per_concept" in timings else "")
         name = r["editor"] + (f" λ={r['lam']:g}" if r["lam"] is not None else "")
         print(f"| {r['edits']} | {name} | {r['success_mean']:.0%} | {r['entities_at_least_half']:.0%} | "
               f"{r['holdout_before']:.0%} → {r['holdout_after']:.0%} ({r['holdout_max_abs_change'] * 100:.0f} pts) | "

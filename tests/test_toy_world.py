@@ -197,8 +197,13 @@ def test_exported_tokenizer_and_config() -> None:
     assert tok.pad_token_id == tok.eos_token_id and tok.model_max_length == 16
     meta = json.loads((weights / "workbench.json").read_text())
     assert meta["autoencoder"] == {"type": "pixel_unshuffle", "factor": 4} and meta["image_size"] == 32
-    size = sum(p.stat().st_size for p in weights.rglob("*") if p.is_file())
-    assert size <= 25 * 2**20
+    # DESIGN.md's budget is 25 MB of committed weights for the toy world; each shipped world keeps to it (the
+    # entity world stores only its retrained UNet and text encoder).
+    files = [p for p in weights.rglob("*") if p.is_file()]
+    entities = weights / "entities"
+    base = sum(p.stat().st_size for p in files if entities not in p.parents)
+    extra = sum(p.stat().st_size for p in files if entities in p.parents)
+    assert base <= 25 * 2**20 and 0 < extra <= 25 * 2**20, (base, extra)
 
 
 @needs_scorer
