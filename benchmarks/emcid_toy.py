@@ -61,14 +61,15 @@ def cached_stage_one(wb: Workbench, request: EMCIDRequest, layer: str, path: str
     """Stage I's targets, read from ``path`` when it holds a run of the same weights, request and layer
     (stage I does not depend on λ or the layers below ``layer``, so sweeps of those skip it); else computed
     and, with a path, saved there. Returns (targets, whether they came from the file)."""
+    block = block_of(wb, layer)
     settings = {k: v for k, v in asdict(request).items() if k not in ("lam", "edit_weight", "ridge")}
-    key = json.dumps({"weights": wb.fingerprint(), "layer": block_of(wb, layer), "request": settings},
+    key = json.dumps({"weights": wb.fingerprint(), "layer": block, "request": settings},
                      sort_keys=True, default=list)
     if path and Path(path).is_file():
         with safe_open(path, "pt") as f:
             if (f.metadata() or {}).get("key") == key:
                 t = {name: f.get_tensor(name) for name in f.keys()}
-                return StageOne(block_of(wb, layer), t["targets"], t["initial"], t["losses"]), True
+                return StageOne(block, t["targets"], t["initial"], t["losses"]), True
         print(f"{path} holds stage I for other settings; recomputing and replacing it", flush=True)
     one = stage_one(wb, request, layer, progress=True)
     if path:
