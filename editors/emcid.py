@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -250,8 +251,11 @@ def block_of(wb: Workbench, layer: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- corpus
-def toy_captions(n: int = 2000, seed: int = 0) -> list[str]:
-    """Captions from the toy world's training grammar: the default corpus for the toy model."""
+def toy_captions(n: int = 10_000, seed: int = 0) -> list[str]:
+    """Captions from the toy world's training grammar: the default corpus for the toy model.
+
+    10,000 so that each of the 200 entities appears about 12 times: with 2,000 (2-3 each) the covariance
+    barely saw some of them, and 100 edits moved unedited entities' states about 20 % more."""
     from workbench.toy.world import captions
 
     return captions(n, seed)
@@ -262,7 +266,7 @@ def _captions(wb: Workbench, captions: Sequence[str] | str | os.PathLike | None)
         if wb.name not in TOY_WORLDS.values():
             raise ValueError("EMCID needs a caption corpus for its preserve covariance: pass captions=[...] or "
                              "the path of a text file with one caption per line")
-        return toy_captions(), "toy grammar (2000 captions, seed 0)"
+        return toy_captions(), "toy grammar (10000 captions, seed 0)"
     if isinstance(captions, (str, os.PathLike)):
         path = Path(captions)
         if not path.is_file():
@@ -275,6 +279,18 @@ def _captions(wb: Workbench, captions: Sequence[str] | str | os.PathLike | None)
     if not lines:
         raise ValueError("empty caption corpus")
     return lines, f"{len(lines)} captions given"
+
+
+def without_sources(captions: Sequence[str], sources: Sequence[str]) -> list[str]:
+    """The captions that do not name any of ``sources`` (whole words, case-insensitive).
+
+    A caption naming an edited concept puts that concept's own key into the preserve covariance, which then
+    holds the very output the edit has to change: on the toy world, 100 entity rewrites kept 25 % of their
+    residual with such captions in the corpus and 15 % without (same λ).
+    """
+    phrases = sorted({r"\s+".join(map(re.escape, s.lower().split())) for s in sources}, key=len, reverse=True)
+    named = re.compile(r"(?<!\w)(?:" + "|".join(phrases) + r")(?!\w)")
+    return [c for c in captions if not named.search(c.lower())]
 
 
 def caption_covariance(wb: Workbench, layers: Sequence[str] | None, captions: Sequence[str], *,
@@ -476,14 +492,21 @@ def emcid(wb: Workbench, request: EMCIDRequest, layers: Sequence[str] | None = N
     ``layers``: text-encoder blocks / mlp / fc2 names (the paper's upper-middle range when None); stage I
     targets the last of them. The preserve covariance comes from ``covariance`` ({fc2 layer: C}, e.g. from
     :func:`caption_covariance`, to reuse across edits) or is estimated from ``captions`` (a list or a
-    file with one caption per line; the toy grammar's captions for the toy model).
+    file with one caption per line; the toy grammar's captions for the toy model), leaving out the captions
+    that name an edited source (:func:`without_sources`).
     """
     req = request
     names = fc2_layers(wb, layers)
     _plan(wb, req)  # refuse bad input before any expensive work
     if covariance is None:
         corpus, corpus_name = _captions(wb, captions)
-        covariance = caption_covariance(wb, names, corpus, progress=progress)
+        kept = without_sources(corpus, req.sources)
+        if not kept:
+            raise ValueError(f"every caption of the preserve corpus ({corpus_name}) names an edited source; "
+                             "give captions of other concepts too")
+        if len(kept) < len(corpus):
+            corpus_name += f", {len(corpus) - len(kept)} naming an edited source left out"
+        covariance = caption_covariance(wb, names, kept, progress=progress)
     else:
         missing = [name for name in names if name not in covariance]
         if missing:

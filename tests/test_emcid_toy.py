@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from editors import EMCIDRequest, emcid
-from editors.emcid import toy_captions
 from tracing import trace_text_encoder
 from workbench import Workbench
 from workbench.evaluate import rates
@@ -56,9 +55,12 @@ def test_emcid_rewrites_entities_and_keeps_the_rest(entity_world):
     bound = {world.ENTITIES[n] for n in dest}
     rest = [n for n in reversed(world.ENTITIES) if n not in dest]
     held = [n for n in rest if world.ENTITIES[n] not in bound][:EDITS]
-    corpus = [c for c in toy_captions() if not any(w in dest or w in held for w in c.split())]
-    request = EMCIDRequest(edits, samples="destination", noise_samples=8)
-    delta = emcid(toy, request, LAYERS, captions=corpus, progress=False)
+    # The default corpus: the toy grammar's captions, those naming an edited entity left out. λ = 1000, not
+    # the paper's 4000: on this corpus 4000 kept 15 % of the 100-edit residual and 64 % success, 1000 kept 5 %
+    # and 78 % (benchmarks/emcid_toy.py).
+    request = EMCIDRequest(edits, samples="destination", noise_samples=8, lam=1000)
+    delta = emcid(toy, request, LAYERS, progress=False)
+    assert "naming an edited source left out" in delta.metadata["corpus"], delta.metadata["corpus"]
 
     def shows_new_target(entity):
         return concept_scorer(dest[entity])
@@ -76,9 +78,9 @@ def test_emcid_rewrites_entities_and_keeps_the_rest(entity_world):
     with delta.applied(toy):
         after = measure()
     summary = {k: (float(np.mean(before[k])), float(np.mean(after[k]))) for k in before}
-    # Measured (10 seeds): new target 0 -> 70 %, own 96 -> 0 %, held-out mean change 6 points (issue 7's
-    # target is 5), unrelated prompts unchanged.
-    assert summary["new"][0] <= 0.05 and summary["new"][1] >= 0.6, summary
+    # Measured (10 seeds): new target 0 -> 78 %, own 96 -> 0 %, held-out 93 -> 93 % (issue 7's bound: 5
+    # points), unrelated prompts unchanged.
+    assert summary["new"][0] <= 0.05 and summary["new"][1] >= 0.65, summary
     assert summary["own"][0] >= 0.8 and summary["own"][1] <= 0.1, summary
-    assert abs(summary["held"][1] - summary["held"][0]) <= 0.1, summary
+    assert abs(summary["held"][1] - summary["held"][0]) <= 0.05, summary
     assert np.max(np.abs(np.subtract(after["unrelated"], before["unrelated"]))) <= 0.1, (before, after)
