@@ -47,7 +47,6 @@ from editors.emcid import (
     stage_one,
     stage_two,
     subject_states,
-    toy_captions,
     without_sources,
 )
 from workbench import WeightDelta, Workbench
@@ -118,6 +117,9 @@ def main() -> None:
     ap.add_argument("--corpus-captions", type=int, default=10_000,
                     help="toy-grammar captions in EMCID's covariance corpus (those naming an edited or an unseen "
                          "entity left out)")
+    ap.add_argument("--corpus-entity-rate", type=float,
+                    help="share of those captions that name an entity (default: the training mix, 0.25); a "
+                         "corpus of the same kind of concept as the edits preserves unedited ones better")
     ap.add_argument("--x0", default="destination", choices=["source", "destination", "noise"],
                     help="EMCID stage I: where the noised samples come from")
     ap.add_argument("--noise-samples", type=int, default=8, help="EMCID stage I: (x_t, t) draws per prompt")
@@ -197,7 +199,8 @@ def main() -> None:
     timings: dict[str, float] = {}
     if "emcid" in args.editors:
         t = time.perf_counter()
-        corpus = without_sources(toy_captions(args.corpus_captions), sources + unseen)
+        mix = {} if args.corpus_entity_rate is None else {"entity_rate": args.corpus_entity_rate}
+        corpus = without_sources(world.captions(args.corpus_captions, seed=0, **mix), sources + unseen)
         cov = caption_covariance(wb, layers, corpus + entity_captions)
         one, cached = cached_stage_one(wb, full, layers[-1], args.stage_one_cache)
         if cached:
