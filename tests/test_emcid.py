@@ -14,6 +14,7 @@ from editors.emcid import (
     stage_one,
     stage_two,
     subject_states,
+    without_sources,
 )
 from workbench import WeightDelta, Workbench
 
@@ -147,6 +148,24 @@ def test_emcid_is_deterministic_for_a_seed(model):
         assert not torch.equal(runs[0].tensors[n], model.parameter(n))
     assert any(not torch.equal(runs[0].tensors[n], runs[2].tensors[n]) for n in runs[0].names)
     assert runs[0].metadata["method"] == "emcid" and runs[0].metadata["layers"] == names
+
+
+def test_preserve_corpus_leaves_out_captions_naming_an_edited_source(model):
+    assert without_sources(["a photo of a cat", "a catalogue", "Van  Gogh at night", "a vans gogh", "a dog"],
+                           ["cat", "van gogh"]) == ["a catalogue", "a vans gogh", "a dog"]
+    req = EMCIDRequest(EDITS, **FAST)
+    names = model.layers("fc2")[1:]
+    # captions naming "cat" or "car" (sources) go; "monet" names none of them
+    kept = [c for c in CAPTIONS if not {"cat", "car"} & set(c.split())]
+    assert 0 < len(kept) < len(CAPTIONS)
+    auto = emcid(model, req, names, captions=CAPTIONS, seed=3, progress=False)
+    given = emcid(model, req, names, covariance=caption_covariance(model, names, kept), seed=3, progress=False)
+    for n in auto.names:
+        assert torch.equal(auto.tensors[n], given.tensors[n])
+    assert auto.metadata["corpus"] == f"{len(CAPTIONS)} captions given, {len(CAPTIONS) - len(kept)} naming an " \
+                                      "edited source left out"
+    with pytest.raises(ValueError, match="every caption of the preserve corpus .* names an edited source"):
+        emcid(model, req, names, captions=["a cat", "Monet painting"], progress=False)
 
 
 @pytest.fixture(scope="module")
