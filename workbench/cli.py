@@ -245,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preserve-scale", type=float, default=1.0)
     p.add_argument("--eos", action="store_true", help="quickfix: also map positions through end-of-text")
     p.add_argument("--requests", help="emcid: JSON file, a list of {source, destination[, prompts]}")
-    p.add_argument("--captions", help="emcid: caption file (one per line) for the preserve covariance; "
-                   "the toy world uses its own grammar")
+    p.add_argument("--captions", help="emcid: caption file (one per line) for the preserve covariance, best of "
+                   "the same kind of concept as the edits; captions naming an edited source are left out; the toy "
+                   "worlds use their own grammar")
     p.add_argument("--method", default="esd-x", help="esd: esd-x, esd-x-strict, esd-u, esd-all or located")
     p.add_argument("--erase-from", help="esd: train on this prompt instead of the erased concept")
     p.add_argument("--negative-guidance", type=float, default=1.0, help="esd: η")
