@@ -19,7 +19,8 @@ Two ceilings come first: stage I's targets alone (added at the subject token, no
 oracle target (the state of an unedited entity already bound to the destination).
 
     python benchmarks/emcid_toy.py [--model toy-entities] [--sizes 1 10 50 100] [--samples 10] [--steps 100]
-        [--layers 0 1] [--x0 destination] [--noise-samples 8] [--lam 4000] [--device cuda] [--json out/emcid_toy.json]
+        [--layers 0 1] [--x0 destination] [--noise-samples 8] [--lam 1000]
+        [--corpus-entity-rate 0.9] [--device cuda] [--json out/emcid_toy.json]
 """
 
 from __future__ import annotations
