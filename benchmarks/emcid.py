@@ -90,7 +90,7 @@ def main() -> None:
     cov = caption_covariance(wb, layers, toy_captions())
     t_cov = time.perf_counter() - start
     t_two = time_stage_two(wb, req, layers, cov)
-    print(f"toy: {len(layers)} fc2 layers, covariance from 2000 captions {t_cov:.2f} s (once per model)")
+    print(f"toy: {len(layers)} fc2 layers, covariance from 10000 captions {t_cov:.2f} s (once per model)")
     print(f"toy: stage II for {args.concepts} concepts ({len(req.edits) * len(req.templates)} prompts): {t_two:.2f} s")
 
     small = toy_request(args.stage_one_concepts, steps=args.steps)
