@@ -255,7 +255,8 @@ def toy_captions(n: int = 10_000, seed: int = 0) -> list[str]:
     """Captions from the toy world's training grammar: the default corpus for the toy model.
 
     10,000 so that each of the 200 entities appears about 12 times: with 2,000 (2-3 each) the covariance
-    barely saw some of them, and 100 edits moved unedited entities' states about 20 % more."""
+    barely saw some of them, and 100 edits moved unedited entities' states by 0.20 of the mean stage-I shift
+    instead of 0.15."""
     from workbench.toy.world import captions
 
     return captions(n, seed)
@@ -266,7 +267,8 @@ def _captions(wb: Workbench, captions: Sequence[str] | str | os.PathLike | None)
         if wb.name not in TOY_WORLDS.values():
             raise ValueError("EMCID needs a caption corpus for its preserve covariance: pass captions=[...] or "
                              "the path of a text file with one caption per line")
-        return toy_captions(), "toy grammar (10000 captions, seed 0)"
+        lines = toy_captions()
+        return lines, f"toy grammar ({len(lines)} captions, seed 0)"
     if isinstance(captions, (str, os.PathLike)):
         path = Path(captions)
         if not path.is_file():
@@ -288,7 +290,10 @@ def without_sources(captions: Sequence[str], sources: Sequence[str]) -> list[str
     holds the very output the edit has to change: on the toy world, 100 entity rewrites kept 25 % of their
     residual with such captions in the corpus and 15 % without (same λ).
     """
-    phrases = sorted({r"\s+".join(map(re.escape, s.lower().split())) for s in sources}, key=len, reverse=True)
+    phrases = sorted({r"\s+".join(map(re.escape, s.lower().split())) for s in sources if s.strip()}, key=len,
+                     reverse=True)
+    if not phrases:  # an empty alternation would match everywhere
+        return list(captions)
     named = re.compile(r"(?<!\w)(?:" + "|".join(phrases) + r")(?!\w)")
     return [c for c in captions if not named.search(c.lower())]
 

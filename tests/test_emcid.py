@@ -153,6 +153,7 @@ def test_emcid_is_deterministic_for_a_seed(model):
 def test_preserve_corpus_leaves_out_captions_naming_an_edited_source(model):
     assert without_sources(["a photo of a cat", "a catalogue", "Van  Gogh at night", "a vans gogh", "a dog"],
                            ["cat", "van gogh"]) == ["a catalogue", "a vans gogh", "a dog"]
+    assert without_sources(["a cat", "a dog"], []) == ["a cat", "a dog"]
     req = EMCIDRequest(EDITS, **FAST)
     names = model.layers("fc2")[1:]
     # captions naming "cat" or "car" (sources) go; "monet" names none of them
