@@ -53,4 +53,5 @@ def bar(iterable: Iterable | None = None, *, desc: str, progress: bool = True, t
     terminal = hasattr(stream, "isatty") and stream.isatty()
     options: dict[str, Any] = {"dynamic_ncols": True} if terminal else {
         "file": _Lines(stream), "mininterval": 30.0, "ncols": 100, "ascii": True}
-    return tqdm(iterable, desc=desc, total=total, leave=leave or not terminal, disable=not enabled(progress), **{**options, **kw})
+    return tqdm(iterable, desc=desc, total=total, leave=leave or not terminal, disable=not enabled(progress),
+                **{**options, **kw})
