@@ -6,19 +6,48 @@ import argparse
 import sys
 from pathlib import Path
 
+from .checks import arg_float as _float
+from .checks import arg_int as _int
+
 MODEL_HELP = ("toy, toy-entities (the toy worlds), tiny, sd15, sd21 (random weights) or a local diffusers folder / "
               ".safetensors file")
 
 
-def _load(model: str):
+def _load(args: argparse.Namespace):
     from .model import Workbench
 
-    return Workbench.load(model)
+    return Workbench.load(args.model, config=getattr(args, "config", None),
+                          sample_size=getattr(args, "sample_size", None))
+
+
+def _outputs(args: argparse.Namespace, wb, *paths: str | None) -> None:
+    """Every file a command will write, checked before any work: none exists (unless --overwrite), none is
+    or lies inside what the model was read from."""
+    from .files import check_target
+
+    for path in paths:
+        if path is not None:
+            check_target(path, args.overwrite, protected=wb.read_paths())
+
+
+def _output_dir(args: argparse.Namespace, wb, folder: str) -> None:
+    from .files import OVERWRITE_HINT, check_not_protected
+
+    check_not_protected(folder, wb.read_paths())
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"--out {folder!r} is a file; give a folder")
+    if path.is_dir() and any(path.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"--out {folder!r} exists and is not empty; {OVERWRITE_HINT}")
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    wb = _load(args.model)
+    wb = _load(args)
     names = wb.layers(kind=args.kind, pattern=args.pattern)
+    if not names:
+        what = " and ".join(x for x in (args.kind and f"kind {args.kind!r}", args.pattern and
+                                        f"pattern {args.pattern!r}") if x)
+        raise ValueError(f"no layer of {wb.name} matches {what}; list them all with `workbench layers`")
     for name in names:
         print(f"{name}\t{wb.layer(name).kind}" if args.with_kind else name)
     return 0
@@ -27,13 +56,15 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .images import grid, save_image
 
-    wb = _load(args.model)
+    wb = _load(args)
+    _outputs(args, wb, args.out)
     prompts = [p for p in args.prompt for _ in range(args.n)]
     seeds = [args.seed + i for _ in args.prompt for i in range(args.n)]
-    images = wb.sample(prompts, seeds, steps=args.steps, guidance=args.guidance, progress=True)
+    images = wb.sample(prompts, seeds, steps=args.steps, guidance=args.guidance, batch_size=args.batch_size,
+                       progress=True)
     labels = args.prompt if args.n > 1 else None
     path = save_image(grid(images, nrow=args.n if args.n > 1 else min(8, len(prompts)), scale=args.scale,
-                           labels=labels), args.out)
+                           labels=labels), args.out, overwrite=args.overwrite)
     print(f"wrote {path} ({len(prompts)} images)")
     return 0
 
@@ -43,17 +74,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(args.out, model=args.model, subject=args.subject, prompt=args.prompt, trace_samples=args.trace_samples,
-             eval_samples=args.samples, attack=not args.no_attack)
+             eval_samples=args.samples, attack=not args.no_attack, overwrite=args.overwrite)
     return 0
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     from tracing import trace_text_encoder, trace_unet
-    from tracing.plot import save_heatmap
 
     from .model import TOY_WORLDS
 
-    wb = _load(args.model)
+    wb = _load(args)
+    _output_dir(args, wb, args.out)
     scorer = None
     if args.metric == "faithful":
         if args.model not in TOY_WORLDS.values():
@@ -63,7 +94,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
         scorer = concept_scorer(args.subject)
     common = dict(metric=args.metric, scorer=scorer, samples=args.samples, noise=args.noise, seed=args.seed,
-                  steps=args.steps)
+                  steps=args.steps, batch_size=args.batch_size)
     if args.part == "text":
         result = trace_text_encoder(wb, args.prompt, args.subject, kind=args.kind, window=args.window,
                                     tokens=args.tokens, **common)
@@ -71,8 +102,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         result = trace_unet(wb, args.prompt, args.subject, layers=args.layers, windows=args.windows, **common)
     if args.rank_by:  # recorded, so that `workbench edit --trace` picks the same layers
         result.settings["rank_by"] = args.rank_by
-    out = result.save(args.out)
-    save_heatmap(result, out / "heatmap.png")
+    out = result.save(args.out, overwrite=args.overwrite, heatmap=True)
     print(f"{result.part} trace of {args.subject!r} in {args.prompt!r} ({result.metric}, {result.seconds:.1f} s)")
     print(f"clean {result.clean:.3f}, corrupted {result.corrupted:.3f}; picked layers:")
     for name in result.pick_layers(args.top):
@@ -81,25 +111,57 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_edit(args: argparse.Namespace) -> int:
-    from editors import EMCIDRequest, ESDRequest, QuickFixRequest, UCERequest, emcid, esd, quickfix, uce
-
-    from .model import TOY_WORLDS
-
-    if Path(args.out).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out!r} exists; pass --overwrite or pick another path")
-    wb = _load(args.model)
-    layers = args.layer or None
+def _edit_layers(args: argparse.Namespace, wb) -> list[str] | None:
+    """--layer names or globs (each must match), or the layers a --trace picks (made on this very model)."""
+    if args.layer and args.trace:
+        raise ValueError("give --layer or --trace, not both")
     if args.trace:
         from tracing import TraceResult
 
-        layers = TraceResult.load(args.trace).pick_layers(args.top)
+        trace = TraceResult.load(args.trace)
+        if trace.model_fingerprint and trace.model_fingerprint != wb.fingerprint():
+            raise ValueError(f"--trace {args.trace!r} was traced on other weights ({trace.model!r}) than --model "
+                             f"{args.model} ({wb.name!r}); trace this model first")
+        layers = trace.pick_layers(args.top)
         print(f"layers picked by {args.trace}: {layers}")
+        return layers
+    if not args.layer:
+        return None
+    layers: list[str] = []
+    for spec in args.layer:
+        names = wb.layers(pattern=spec) if any(c in spec for c in "*?[") else [wb.layer(spec).name]
+        if not names:
+            raise ValueError(f"--layer {spec!r} matches no layer of {wb.name}; list them with `workbench layers`")
+        layers += [n for n in names if n not in layers]
+    return layers
+
+
+def _toy_attribute_scorer():
+    from .toy import classifier, world
+
+    def scorer(images):
+        probs = classifier.score(images)["attribute"]
+        return {name: probs[:, i] for i, name in enumerate(world.ATTRIBUTES)}
+
+    return scorer
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from editors import EMCIDRequest, ESDRequest, QuickFixRequest, UCERequest, emcid, esd, quickfix, uce
+    from editors.uce import parse_debias
+
+    from .model import TOY_WORLDS
+
+    wb = _load(args)
+    _outputs(args, wb, args.out)
+    layers = _edit_layers(args, wb)
     if args.editor == "uce":
         debias = {}
-        for spec in args.debias or []:  # "doctor:warm=0.5,cool=0.5"
-            concept, _, ratios = spec.partition(":")
-            debias[concept] = {k: float(v) for k, v in (r.split("=") for r in ratios.split(","))}
+        for spec in args.debias or []:
+            concept, ratios = parse_debias(spec)
+            if concept in debias:
+                raise ValueError(f"--debias {spec!r}: {concept!r} is already debiased by another --debias")
+            debias[concept] = ratios
         request = UCERequest(erase=args.erase or [], guides=args.guide, moderate=args.moderate or [],
                              debias=debias, preserve=args.preserve or [], lam=args.lam if args.lam is not None
                              else 0.5, erase_scale=args.erase_scale, preserve_scale=args.preserve_scale)
@@ -107,10 +169,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         if debias:
             if args.model not in TOY_WORLDS.values():
                 raise ValueError("--debias from the CLI needs the toy world's attribute scorer (--model toy)")
-            from .toy import classifier
-
-            def scorer(images):
-                return classifier.score(images)["attribute"]
+            scorer = _toy_attribute_scorer()
         delta = uce(wb, request, layers, attribute_scorer=scorer)
     elif args.editor == "esd":
         if not args.erase or len(args.erase) != 1:
@@ -133,7 +192,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         request = QuickFixRequest(args.erase, args.target, lam=args.lam if args.lam is not None else 0.01,
                                   eos=args.eos)
         delta = quickfix(wb, request, layers)
-    delta.save(args.out)
+    delta.save(args.out, overwrite=args.overwrite)
     print(f"{delta}\nwrote {args.out}")
     return 0
 
@@ -141,37 +200,45 @@ def cmd_edit(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     from .delta import WeightDelta
 
-    wb = _load(args.model)
+    wb = _load(args)
     delta = WeightDelta.load(args.delta)
+    _check_delta(args, delta, wb)
     folder = delta.export(wb, args.out, overwrite=args.overwrite)
     print(f"wrote the edited model to {folder} (loads with StableDiffusionPipeline.from_pretrained)")
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .delta import WeightDelta
-    from .evaluate import evaluate
-
-    wb = _load(args.model)
-    delta = WeightDelta.load(args.delta)
+def _check_delta(args: argparse.Namespace, delta, wb) -> None:
     try:
         delta.check_base(wb)
     except ValueError as err:  # the usual cause is a wrong --model: say which two models disagree
         made_for = delta.metadata.get("model", "?")
         kind = "other weights of" if made_for == wb.name else "another base model,"  # same name: retrained
         raise ValueError(f"{args.delta} was made for {kind} {made_for!r}, not for --model {args.model} "
-                         f"({wb.name!r}); evaluate it on the model it was made from. Details: {err}") from err
+                         f"({wb.name!r}); use it on the model it was made from. Details: {err}") from err
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .delta import WeightDelta
+    from .evaluate import evaluate
+
+    wb = _load(args)
+    _outputs(args, wb, args.json, args.grid)
+    delta = WeightDelta.load(args.delta)
+    _check_delta(args, delta, wb)
     report = evaluate(wb, delta, args.concept, holdouts=args.holdout or [], aliases=args.alias or [],
                       unrelated=args.unrelated or [], samples=args.samples, seed=args.seed, steps=args.steps,
                       paraphrase=args.paraphrase, attack=args.attack, attack_rounds=args.attack_rounds,
                       attack_candidates=args.attack_candidates, attack_seeds=args.attack_seeds,
-                      grid_images=args.grid_images if args.grid else 0, progress=True)
+                      grid_images=args.grid_images if args.grid else 0, batch_size=args.batch_size, progress=True)
     print(report.markdown())
     if args.json:
-        print(f"wrote {report.save_json(args.json)}")
+        print(f"wrote {report.save_json(args.json, overwrite=args.overwrite)}")
     if args.grid:
-        print(f"wrote {report.save_grid(args.grid)}")
-    return 0
+        print(f"wrote {report.save_grid(args.grid, overwrite=args.overwrite)}")
+    for flag in report.flags:
+        print(f"workbench evaluate: warning: {flag}", file=sys.stderr)
+    return 1 if report.flags else 0
 
 
 def cmd_toy(args: argparse.Namespace) -> int:
@@ -183,66 +250,83 @@ def cmd_toy(args: argparse.Namespace) -> int:
     return import_module(f".toy.{commands[args.rest[0]]}", __package__).main(args.rest[1:])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line, like every other error of the workbench."""
 
-    p = sub.add_parser("layers", help="print one layer name per line, in execution order")
-    p.add_argument("--model", default="toy", help=MODEL_HELP)
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="workbench", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress bars (also TQDM_DISABLE=1)")
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model", default="toy", help=MODEL_HELP)
+    model.add_argument("--config", help="with a single .safetensors --model: a local diffusers folder with its configs")
+    model.add_argument("--sample-size", type=_int(1), help="latent side to sample at (default: the model's)")
+    batch = argparse.ArgumentParser(add_help=False)
+    batch.add_argument("--batch-size", type=_int(1), help="rows per forward (default: as many as memory allows)")
+    write = argparse.ArgumentParser(add_help=False)
+    write.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, help: str, *parents):
+        return sub.add_parser(name, help=help, parents=[common, *parents])
+
+    p = command("layers", "print one layer name per line, in execution order", model)
     p.add_argument("--kind", help="only this kind (hidden, self_attn, mlp, attn1, attn2, to_k, resnet, ff, ...)")
     p.add_argument("--pattern", help="glob over names, e.g. 'unet.*.attn2'")
     p.add_argument("--with-kind", action="store_true", help="print the kind beside each name")
     p.set_defaults(func=cmd_layers)
 
-    p = sub.add_parser("generate", help="write an image grid")
-    p.add_argument("--model", default="toy", help=MODEL_HELP)
+    p = command("generate", "write an image grid", model, batch, write)
     p.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-n", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--guidance", type=float)
-    p.add_argument("--scale", type=int, default=4, help="upscale factor for small images")
+    p.add_argument("--seed", type=_int(0), default=0)
+    p.add_argument("-n", type=_int(1), default=1, help="images per prompt (seeds seed, seed+1, ...)")
+    p.add_argument("--steps", type=_int(1))
+    p.add_argument("--guidance", type=_float())
+    p.add_argument("--scale", type=_int(1), default=4, help="upscale factor for small images")
     p.add_argument("--out", default="grid.png")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("trace", help="causal tracing: corrupt the subject, restore layers, write a heatmap")
-    p.add_argument("--model", default="toy", help=MODEL_HELP)
+    p = command("trace", "causal tracing: corrupt the subject, restore layers, write a heatmap", model, batch, write)
     p.add_argument("--prompt", required=True)
     p.add_argument("--subject", required=True, help="the words of the prompt to corrupt")
     p.add_argument("--part", choices=["text", "unet"], default="text")
     p.add_argument("--metric", choices=["proxy", "text", "faithful"], default="proxy")
     p.add_argument("--kind", default="hidden", help="text part: hidden, self_attn or mlp")
-    p.add_argument("--window", type=int, default=1, help="text part: layers restored together (self_attn/mlp)")
+    p.add_argument("--window", type=_int(1), default=1, help="text part: layers restored together (self_attn/mlp)")
     p.add_argument("--tokens", choices=["real", "all"], default="real",
                    help="text part: restore the prompt's tokens only, or padding positions too")
     p.add_argument("--rank-by", choices=["last_subject", "max", "mean"],
                    help="how layers are ranked (default: last_subject for text, max with --tokens all, mean "
                         "for unet)")
     p.add_argument("--layers", default="attn2", help="unet part: a kind (attn2, resnet, ff, block, ...) or glob")
-    p.add_argument("--windows", type=int, default=1, help="unet part: number of denoising-step windows")
-    p.add_argument("--samples", type=int, default=10, help="noise samples")
-    p.add_argument("--noise", type=float, default=3.0, help="noise scale, × embedding std")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--top", type=int, default=3, help="how many picked layers to print")
+    p.add_argument("--windows", type=_int(1), default=1, help="unet part: number of denoising-step windows")
+    p.add_argument("--samples", type=_int(1), default=10, help="noise samples")
+    p.add_argument("--noise", type=_float(above=0), default=3.0, help="noise scale, × embedding std")
+    p.add_argument("--seed", type=_int(0), default=0)
+    p.add_argument("--steps", type=_int(1))
+    p.add_argument("--top", type=_int(1), default=3, help="how many picked layers to print")
     p.add_argument("--out", default="out/trace")
     p.set_defaults(func=cmd_trace)
 
-    p = sub.add_parser("edit", help="edit a concept (uce, quickfix, emcid, esd); writes a WeightDelta")
+    p = command("edit", "edit a concept (uce, quickfix, emcid, esd); writes a WeightDelta", model, write)
     p.add_argument("editor", choices=["uce", "quickfix", "emcid", "esd"])
-    p.add_argument("--model", default="toy", help=MODEL_HELP)
     p.add_argument("--erase", action="append", help="concept to erase (quickfix: source concept); repeatable")
     p.add_argument("--guide", action="append", help="uce: guide concept per --erase (default the empty prompt)")
     p.add_argument("--target", action="append", help="quickfix: what each source should become")
     p.add_argument("--moderate", action="append", help="uce: unsafe concept mapped to the empty prompt")
-    p.add_argument("--debias", action="append", help="uce: CONCEPT:attr=ratio,attr=ratio")
+    p.add_argument("--debias", action="append", help="uce: CONCEPT:attr=ratio,attr=ratio (ratios sum to 1)")
     p.add_argument("--preserve", action="append", help="uce: concept whose outputs must stay")
-    p.add_argument("--layer", action="append", help="layer to edit (default: the method's own)")
+    p.add_argument("--layer", action="append", help="layer name or glob to edit (default: the method's own)")
     p.add_argument("--trace", help="a trace result folder: edit the layers it picks")
-    p.add_argument("--top", type=int, default=1, help="with --trace: how many picked layers")
-    p.add_argument("--lam", type=float)
-    p.add_argument("--erase-scale", type=float, default=1.0)
-    p.add_argument("--preserve-scale", type=float, default=1.0)
+    p.add_argument("--top", type=_int(1), default=1, help="with --trace: how many picked layers")
+    p.add_argument("--lam", type=_float(above=0))
+    p.add_argument("--erase-scale", type=_float(above=0), default=1.0)
+    p.add_argument("--preserve-scale", type=_float(above=0), default=1.0)
     p.add_argument("--eos", action="store_true", help="quickfix: also map positions through end-of-text")
     p.add_argument("--requests", help="emcid: JSON file, a list of {source, destination[, prompts]}")
     p.add_argument("--captions", help="emcid: caption file (one per line) for the preserve covariance, best of "
@@ -250,69 +334,82 @@ def build_parser() -> argparse.ArgumentParser:
                    "worlds use their own grammar")
     p.add_argument("--method", default="esd-x", help="esd: esd-x, esd-x-strict, esd-u, esd-all or located")
     p.add_argument("--erase-from", help="esd: train on this prompt instead of the erased concept")
-    p.add_argument("--negative-guidance", type=float, default=1.0, help="esd: η")
-    p.add_argument("--iterations", type=int, default=1000, help="esd: optimisation steps")
-    p.add_argument("--lr", type=float, default=1e-5, help="esd: Adam learning rate")
+    p.add_argument("--negative-guidance", type=_float(), default=1.0, help="esd: η")
+    p.add_argument("--iterations", type=_int(1), default=1000, help="esd: optimisation steps")
+    p.add_argument("--lr", type=_float(above=0), default=1e-5, help="esd: Adam learning rate")
     p.add_argument("--checkpoint-dir", help="esd: where to checkpoint (resumable with --resume)")
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=_int(1), default=100)
     p.add_argument("--resume", action="store_true", help="esd: continue from --checkpoint-dir")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int(0), default=0)
     p.add_argument("--out", default="delta.safetensors")
-    p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_edit)
 
-    p = sub.add_parser("apply", help="write a model folder with a delta applied")
-    p.add_argument("--model", default="toy", help=MODEL_HELP)
+    p = command("apply", "write a model folder with a delta applied", model, write)
     p.add_argument("--delta", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="a new folder (an earlier export with --overwrite)")
     p.set_defaults(func=cmd_apply)
 
-    p = sub.add_parser("evaluate", help="rates before/after (edited, alias, paraphrase, holdout, unrelated), "
-                       "adversarial prompt search, image fidelity, before/after grid")
-    p.add_argument("--model", default="toy", help=MODEL_HELP)
+    p = command("evaluate", "rates before/after (edited, alias, paraphrase, holdout, unrelated), adversarial "
+                "prompt search, image fidelity, before/after grid", model, batch, write)
     p.add_argument("--delta", required=True)
     p.add_argument("--concept", action="append", required=True)
     p.add_argument("--holdout", action="append")
     p.add_argument("--alias", action="append")
     p.add_argument("--unrelated", action="append")
-    p.add_argument("--samples", type=int, default=50, help="seeds per concept and group")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    p.add_argument("--samples", type=_int(1), default=50, help="seeds per concept and group")
+    p.add_argument("--seed", type=_int(0), default=0)
+    p.add_argument("--steps", type=_int(1), help="sampling steps (default: the model's)")
     p.add_argument("--paraphrase", action="store_true", help="also rate the edited concepts in unseen phrasings")
     p.add_argument("--attack", action="store_true", help="greedy adversarial prompt search per edited concept")
-    p.add_argument("--attack-rounds", type=int, default=3)
-    p.add_argument("--attack-candidates", type=int, default=8, help="one-word edits tried per round")
-    p.add_argument("--attack-seeds", type=int, default=4, help="seeds per candidate prompt")
+    p.add_argument("--attack-rounds", type=_int(1), default=3)
+    p.add_argument("--attack-candidates", type=_int(1), default=8, help="one-word edits tried per round")
+    p.add_argument("--attack-seeds", type=_int(1), default=4, help="seeds per candidate prompt")
     p.add_argument("--grid", help="write a before/after image grid (PNG) here")
-    p.add_argument("--grid-images", type=int, default=4, help="seeds per grid row")
+    p.add_argument("--grid-images", type=_int(1), default=4, help="seeds per grid row")
     p.add_argument("--json", help="write the report as JSON here")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="trace an artist, erase it on the located layers, evaluate, write a report")
-    p.add_argument("--model", default="toy", help=MODEL_HELP)
+    p = command("demo", "trace an artist, erase it on the located layers, evaluate, write a report", write)
+    p.add_argument("--model", default="toy", help="toy or toy-entities (the demo needs the toy scorer)")
     p.add_argument("--subject", default="jonas flet", help="the artist to locate and erase")
     p.add_argument("--prompt", help="the prompt to trace (default 'a red circle by SUBJECT')")
-    p.add_argument("--trace-samples", type=int, default=5, help="noise samples per trace")
-    p.add_argument("--samples", type=int, default=24, help="seeds per concept in the evaluation")
+    p.add_argument("--trace-samples", type=_int(1), default=5, help="noise samples per trace")
+    p.add_argument("--samples", type=_int(1), default=24, help="seeds per concept in the evaluation")
     p.add_argument("--no-attack", action="store_true", help="skip the adversarial prompt search")
     p.add_argument("--out", default="out/demo")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("toy", help="the toy world: `workbench toy train ...`, `workbench toy check ...`")
+    p = command("toy", "the toy world: `workbench toy train ...`, `workbench toy check ...`")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_toy)
     return parser
 
 
+def _message(err: BaseException) -> str:
+    if isinstance(err, KeyError) and err.args:  # str(KeyError) wraps the message in quotes
+        return str(err.args[0])
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in str(err):
+        return f"{err.strerror or err}: {err.filename!r}"
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .progress import set_quiet
+
     args = build_parser().parse_args(argv)
+    set_quiet(args.quiet)
+    name = f"workbench {args.command}"
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
-        print(f"workbench {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # every error reaches the user as one line; --debug shows where it came from
+        if args.debug:
+            raise
+        internal = not isinstance(err, ValueError | TypeError | OSError | KeyError | LookupError)
+        hint = " (unexpected: rerun with --debug and report the traceback)" if internal else ""
+        print(f"{name}: error: {_message(err)}{hint}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    finally:
+        set_quiet(False)

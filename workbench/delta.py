@@ -280,13 +280,13 @@ class WeightDelta:
             return wb.save_pretrained(folder, overwrite=overwrite)
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """safetensors with base, digests and metadata as JSON in the header; written atomically."""
         self.verify()
         header = {"workbench_delta": json.dumps({"format": FORMAT, "base": self.base, "digests": self.digests,
                                                  "metadata": self.metadata}, default=str)}
         tensors = {name: t.detach().cpu().contiguous() for name, t in self.tensors.items()}
-        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header), overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> WeightDelta:

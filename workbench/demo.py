@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from .files import atomic_write
+from .files import PACKAGE_DATA, atomic_dir
 from .images import grid, save_image
 from .model import TOY_WORLDS, Workbench
 
@@ -25,8 +25,26 @@ def _step(i: int, n: int, text: str) -> None:
 
 def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str = "jonas flet",
              prompt: str | None = None, trace_samples: int = 5, eval_samples: int = 24,
-             attack: bool = True, progress: bool = True) -> Path:
-    """Run the whole loop and return the path of ``report.md``."""
+             attack: bool = True, progress: bool = True, overwrite: bool = False) -> Path:
+    """Run the whole loop and return the path of ``report.md``.
+
+    Everything is written into a temporary folder that replaces ``out`` only once complete (an existing
+    ``out`` only with ``overwrite``, and only if it holds nothing but an earlier demo's files)."""
+    from .toy import world
+
+    if model not in TOY_WORLDS.values():
+        raise ValueError("the demo runs on the toy world (--model toy): its scorer is the ground truth")
+    if subject not in world.ARTISTS:
+        raise ValueError(f"the demo erases an artist; {subject!r} is not one of {world.ARTISTS}")
+    out = Path(out)
+    atomic_dir(out, lambda tmp: _run(tmp, model, subject, prompt, trace_samples, eval_samples, attack, progress),
+               overwrite=overwrite, protected=PACKAGE_DATA)
+    print(f"report: {out / 'report.md'}")
+    return out / "report.md"
+
+
+def _run(out: Path, model: str, subject: str, prompt: str | None, trace_samples: int, eval_samples: int,
+         attack: bool, progress: bool) -> None:
     from editors import QuickFixRequest, UCERequest, quickfix, uce
     from tracing import trace_text_encoder, trace_unet
     from tracing.plot import save_heatmap
@@ -35,12 +53,6 @@ def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str =
     from .toy import world
     from .toy.check import ARTIST_TEMPLATES
 
-    if model not in TOY_WORLDS.values():
-        raise ValueError("the demo runs on the toy world (--model toy): its scorer is the ground truth")
-    if subject not in world.ARTISTS:
-        raise ValueError(f"the demo erases an artist; {subject!r} is not one of {world.ARTISTS}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     n = 6
     wb = Workbench.load(model)
@@ -101,16 +113,15 @@ def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str =
     report = out / "report.md"
     text_md = _report(wb, prompt, subject, text, unet, text_layer, unet_layers, reports, time.time() - t0,
                       fallback=fallback_layer is not None)
-    atomic_write(report, lambda tmp: Path(tmp).write_text(text_md))
+    report.write_text(text_md)
     summary = {name: r.to_dict()["summary"] for name, r in reports.items()}
-    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"text encoder picks {text_layer}; UNet picks {unet_layers}")
     for name, r in reports.items():
         s = r.summary
         print(f"{name:9s} efficacy (relative drop) {s['efficacy_mean_relative_drop']:.0%}, held-out artists "
               f"max change {s['specificity_max_abs_change']:.0%}")
-    print(f"done in {time.time() - t0:.0f} s; report: {report}")
-    return report
+    print(f"done in {time.time() - t0:.0f} s")
 
 
 def _report(wb, prompt, subject, text, unet, text_layer, unet_layers, reports, seconds, fallback=False) -> str:

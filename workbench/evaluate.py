@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from .checks import finite, whole
 from .delta import WeightDelta
-from .files import atomic_write
+from .files import write_text
 from .images import grid, save_image
 from .model import Workbench
+from .progress import bar
 
 ConceptScorer = Callable[[str], Callable[[torch.Tensor], torch.Tensor]]  # concept -> images -> P(concept)
 PromptFn = Callable[[str, int], str]  # (concept, i) -> the i-th prompt for it
@@ -80,6 +81,8 @@ class EvalReport:
     settings: dict = field(default_factory=dict)
     fidelity: list[Fidelity] = field(default_factory=list)
     attacks: list[AttackResult] = field(default_factory=list)
+    # what makes the numbers untrustworthy (blank or collapsed images): efficacy is then not reported
+    flags: list[str] = field(default_factory=list)
     # "group: concept" -> (before, after) uint8 (n, 3, H, W), the first few evaluation seeds; not saved to JSON
     images: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
@@ -94,8 +97,9 @@ class EvalReport:
 
         edited, alias, hold = self.group("edited"), self.group("alias"), self.group("holdout")
         out = {
-            "efficacy_mean_relative_drop": mean([r.relative_drop for r in edited]),
-            "efficacy_min_relative_drop": float(min((r.relative_drop for r in edited), default=float("nan"))),
+            "efficacy_mean_relative_drop": mean([r.relative_drop for r in edited]) if not self.flags else math.nan,
+            "efficacy_min_relative_drop": float(min((r.relative_drop for r in edited), default=float("nan")))
+            if not self.flags else math.nan,
             "generality_mean_relative_drop": mean([r.relative_drop for r in alias]),
             "specificity_max_abs_change": float(max((abs(r.change) for r in hold), default=float("nan"))),
             "specificity_mean_abs_change": mean([abs(r.change) for r in hold]),
@@ -113,12 +117,12 @@ class EvalReport:
         return out
 
     def to_dict(self) -> dict:
-        return {"summary": self.summary, "samples": self.samples, "settings": self.settings,
+        return {"summary": self.summary, "flags": self.flags, "samples": self.samples, "settings": self.settings,
                 "rates": [{**asdict(r), "change": r.change, "relative_drop": r.relative_drop} for r in self.rates],
                 "fidelity": [asdict(f) for f in self.fidelity], "attacks": [asdict(a) for a in self.attacks]}
 
-    def save_json(self, path: str | os.PathLike) -> Path:
-        return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(self.to_dict(), indent=2)))
+    def save_json(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        return write_text(path, json.dumps(self.to_dict(), indent=2), overwrite=overwrite)
 
     @classmethod
     def load_json(cls, path: str | os.PathLike) -> EvalReport:
@@ -126,10 +130,12 @@ class EvalReport:
         d = json.loads(Path(path).read_text())
         rates = [ConceptRate(r["group"], r["concept"], r["before"], r["after"]) for r in d["rates"]]
         attacks = [AttackResult(**{**a, "history": [tuple(h) for h in a["history"]]}) for a in d.get("attacks", [])]
-        return cls(rates, d["samples"], d["settings"], [Fidelity(**f) for f in d.get("fidelity", [])], attacks)
+        return cls(rates, d["samples"], d["settings"], [Fidelity(**f) for f in d.get("fidelity", [])], attacks,
+                   flags=list(d.get("flags", [])))
 
     def markdown(self) -> str:
-        lines = ["| group | concept | before | after | change |", "|---|---|---|---|---|"]
+        lines = [f"**Warning: {flag}**" for flag in self.flags] + ([""] if self.flags else [])
+        lines += ["| group | concept | before | after | change |", "|---|---|---|---|---|"]
         lines += [f"| {r.group} | {r.concept} | {r.before:.1%} | {r.after:.1%} | {r.change:+.1%} |" for r in self.rates]
         if self.attacks:
             lines += ["", "| attack on | start prompt | found prompt | start rate | found rate | prompts tried |",
@@ -146,13 +152,14 @@ class EvalReport:
     def grid_labels(self) -> list[str]:
         return [f"{key} {when}" for key in self.images for when in ("before", "after")]
 
-    def save_grid(self, path: str | os.PathLike, scale: int = 4) -> Path:
+    def save_grid(self, path: str | os.PathLike, scale: int = 4, *, overwrite: bool = False) -> Path:
         """PNG: per concept a "before" row and an "after" row, the same seeds in each column."""
         if not self.images:
             raise ValueError("this report holds no images (evaluate(..., grid_images=0), or loaded from JSON)")
         rows = [half for pair in self.images.values() for half in pair]
         n = rows[0].shape[0]
-        return save_image(grid(torch.cat(rows).float() / 255, nrow=n, scale=scale, labels=self.grid_labels()), path)
+        return save_image(grid(torch.cat(rows).float() / 255, nrow=n, scale=scale, labels=self.grid_labels()), path,
+                          overwrite=overwrite)
 
 
 def _sample(wb: Workbench, prompts: Sequence[str], seeds: Sequence[int], steps: int | None, batch_size: int,
@@ -163,11 +170,46 @@ def _sample(wb: Workbench, prompts: Sequence[str], seeds: Sequence[int], steps: 
 def _hit_rates(images: torch.Tensor, concepts: Sequence[str], scorer: ConceptScorer, per: int,
                threshold: float) -> list[float]:
     """Share of each concept's ``per`` consecutive images whose scorer probability exceeds ``threshold``."""
-    return [int((scorer(c)(images[j * per:(j + 1) * per]) > threshold).sum()) / per for j, c in enumerate(concepts)]
+    out = []
+    for j, c in enumerate(concepts):
+        scores = torch.as_tensor(scorer(c)(images[j * per:(j + 1) * per]))
+        if scores.shape != (per,) or not torch.isfinite(scores).all():
+            got = "non-finite scores" if scores.shape == (per,) else f"shape {tuple(scores.shape)}"
+            raise ValueError(f"the scorer for {c!r} returned {got}, expected {per} finite probabilities; no rate "
+                             f"is reported from a broken scorer")
+        out.append(int((scores > threshold).sum()) / per)
+    return out
+
+
+BLANK_STD = 1e-3  # an image whose pixels vary less than this is blank (e.g. a NaN model clamped to black)
+
+
+def collapse_flags(before: torch.Tensor, after: torch.Tensor, labels: Sequence[str], kept: Sequence[bool],
+                   per: int, ratio: float = 0.25) -> list[str]:
+    """What says the edited model broke rather than edited: blank images in any group, or the images of the
+    concepts the edit should keep (``kept``) losing most of their variety (different prompts and seeds
+    rendering alike)."""
+    flags = []
+    blank_b = before.flatten(1).std(1) < BLANK_STD
+    blank_a = after.flatten(1).std(1) < BLANK_STD
+    for j, label in enumerate(labels):
+        rows = slice(j * per, (j + 1) * per)
+        new_blank = int(blank_a[rows].sum()) - int(blank_b[rows].sum())
+        if new_blank > 0:
+            flags.append(f"the edited model renders {new_blank} of {per} images of {label} blank")
+    rows = torch.cat([torch.arange(j * per, (j + 1) * per) for j, k in enumerate(kept) if k] or [torch.arange(0)])
+    if len(rows) > 1:
+        spread_b = float(before[rows].double().std(0).mean())
+        spread_a = float(after[rows].double().std(0).mean())
+        if spread_b > 0 and spread_a < ratio * spread_b:
+            flags.append(f"the edited model collapsed: its images of the held-out and unrelated prompts vary "
+                         f"{spread_a / spread_b:.0%} as much as before (below {ratio:.0%}); its rates measure a "
+                         f"broken model, not an edit")
+    return flags
 
 
 def rates(wb: Workbench, concepts: Sequence[str], prompt_fn: PromptFn, scorer: ConceptScorer,
-          samples: int, seed: int = 0, threshold: float = 0.5, batch_size: int = 128,
+          samples: int, seed: int = 0, threshold: float = 0.5, batch_size: int | None = None,
           steps: int | None = None) -> list[float]:
     """For each concept, the share of ``samples`` images (prompt i uses seed ``seed + i``) whose scorer
     probability for the concept exceeds ``threshold``."""
@@ -219,7 +261,7 @@ def _candidates(wb: Workbench, prompt: str, concept: str, vocabulary: Sequence[s
 
 def attack_search(wb: Workbench, concept: str, start_prompt: str, scorer: ConceptScorer,
                   vocabulary: Sequence[str], *, rounds: int = 3, candidates: int = 8, seeds: int = 4,
-                  seed: int = 0, steps: int | None = None, threshold: float = 0.5, batch_size: int = 128,
+                  seed: int = 0, steps: int | None = None, threshold: float = 0.5, batch_size: int | None = None,
                   progress: bool = False) -> AttackResult:
     """Greedy adversarial prompt search on ``wb`` as it is now (apply the edit first).
 
@@ -242,7 +284,7 @@ def attack_search(wb: Workbench, concept: str, start_prompt: str, scorer: Concep
     current, best = start_prompt, rate_of([start_prompt])[0]
     result = AttackResult(concept, start_prompt, current, best, best, 1, [(current, best)])
     seen = {start_prompt}
-    for _ in tqdm(range(rounds), desc=f"attack {concept}", disable=not progress, leave=False):
+    for _ in bar(range(rounds), desc=f"attack {concept}", progress=progress):
         if best >= 1.0:
             break  # nothing left to gain; save the budget
         cands = _candidates(wb, current, concept, vocab, candidates, rng, seen)
@@ -265,7 +307,7 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
              paraphrase: bool = False, paraphrase_fn: PromptFn | None = None,
              attack: bool = False, attack_rounds: int = 3, attack_candidates: int = 8, attack_seeds: int = 4,
              vocabulary: Sequence[str] | None = None, steps: int | None = None, threshold: float = 0.5,
-             grid_images: int = 4, grid_path: str | os.PathLike | None = None, batch_size: int = 128,
+             grid_images: int = 4, grid_path: str | os.PathLike | None = None, batch_size: int | None = None,
              progress: bool = False) -> EvalReport:
     """Rates before and after ``delta`` for each group, same prompts and seeds.
 
@@ -278,6 +320,18 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
     """
     if not concepts:
         raise ValueError("evaluate needs at least one edited concept")
+    for group, names in (("concept", concepts), ("holdout", holdouts), ("alias", aliases), ("unrelated", unrelated)):
+        for c in names:
+            if not isinstance(c, str) or not c.strip():
+                raise ValueError(f"{group} {c!r}: expected a non-empty phrase")
+    samples = whole("samples", samples)
+    for name, value in (("attack_rounds", attack_rounds), ("attack_candidates", attack_candidates),
+                        ("attack_seeds", attack_seeds)):
+        whole(name, value)
+    whole("grid_images", grid_images, minimum=0)
+    whole("seed", seed, minimum=0)
+    if not 0 < finite("threshold", threshold) < 1:
+        raise ValueError(f"threshold must be between 0 and 1, got {threshold!r}")
     paraphrase = paraphrase or paraphrase_fn is not None
     if prompt_fn is None or scorer is None or (paraphrase and paraphrase_fn is None) or (attack and vocabulary is None):
         from .toy import world
@@ -312,6 +366,8 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
         jobs += [("attack", c, prompt_fn) for c in concepts]
 
     names = [c for _, c, _ in jobs]
+    flags = collapse_flags(before, after, [f"{g} {c!r}" for g, c, _ in jobs], [g in ("holdout", "unrelated")
+                                                                                for g, _, _ in jobs], samples)
     rate_before = _hit_rates(before, names, scorer, samples, threshold)
     rate_after = _hit_rates(after, names, scorer, samples, threshold)
     out, fid, images = [], [], {}
@@ -328,7 +384,7 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
     if attack:
         settings.update(attack_rounds=attack_rounds, attack_candidates=attack_candidates,
                         attack_seeds=attack_seeds, attack_seed_offset=ATTACK_SEED_OFFSET)
-    report = EvalReport(out, samples, settings, fid, attacks, images)
+    report = EvalReport(out, samples, settings, fid, attacks, images, flags)
     if grid_path is not None:
         report.save_grid(grid_path)
     return report

@@ -10,6 +10,7 @@ and folders get the permissions the process umask gives (temporary files are cre
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 PACKAGE_DATA = (Path(__file__).parent / "toy" / "weights", Path(__file__).parent / "configs")
+MANIFEST = ".workbench-files.json"  # what atomic_dir wrote into a folder: only those may be replaced
 OVERWRITE_HINT = "pass --overwrite (overwrite=True in Python) to replace it, or choose another path"
 
 
@@ -88,15 +90,23 @@ def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text), overwrite=overwrite)
 
 
+def owned_files(folder: Path) -> set[str]:
+    """The files an earlier :func:`atomic_dir` wrote into ``folder``, from the manifest it left there."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return set()
+    return {f for f in files if isinstance(f, str)} | {MANIFEST} if isinstance(files, list) else set()
+
+
 def atomic_dir(folder: str | os.PathLike, fill: Callable[[Path], object], *, overwrite: bool = False,
-               owned: Callable[[Path], Collection[str]] | Collection[str] = (),
-               protected: Iterable[str | os.PathLike] = ()) -> Path:
+               owned: Collection[str] = (), protected: Iterable[str | os.PathLike] = ()) -> Path:
     """Build a folder with ``fill(tmp_folder)`` beside ``folder``, then swap it into place.
 
-    An existing non-empty ``folder`` is replaced only with ``overwrite`` and only when every file in it is
-    one the workbench writes there: ``owned`` lists them, relative paths (or computes them from the old
-    folder, e.g. from a manifest it holds). Anything else in it means the folder is not ours: refused, not
-    a byte deleted. The old folder is removed only after the new one is complete.
+    The folder gets a manifest (``.workbench-files.json``) of the files written. An existing non-empty
+    ``folder`` is replaced only with ``overwrite`` and only when every file in it is one the workbench wrote
+    there (its manifest, or ``owned``: relative paths). Anything else in it means the folder is not ours:
+    refused, not a byte deleted. The old folder is removed only after the new one is complete.
     """
     folder = Path(folder)
     check_not_protected(folder, protected)
@@ -105,7 +115,7 @@ def atomic_dir(folder: str | os.PathLike, fill: Callable[[Path], object], *, ove
     if folder.is_dir() and any(folder.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{str(folder)!r} exists and is not empty; {OVERWRITE_HINT}")
-        allowed = set(owned(folder) if callable(owned) else owned)
+        allowed = set(owned) | owned_files(folder)
         for f in sorted(folder.rglob("*")):
             rel = f.relative_to(folder).as_posix()
             if (f.is_symlink() or not f.is_dir()) and rel not in allowed:
@@ -119,6 +129,7 @@ def atomic_dir(folder: str | os.PathLike, fill: Callable[[Path], object], *, ove
     old = None
     try:
         fill(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(files_under(tmp), indent=0))
         for f in [tmp, *tmp.rglob("*")]:
             _publish_mode(f, f.is_dir())
         if folder.exists():

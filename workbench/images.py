@@ -41,6 +41,9 @@ def grid(images: torch.Tensor, nrow: int = 8, scale: int = 1, pad: int = 1,
     return canvas
 
 
-def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write atomically (see ``files.atomic_write``)."""
-    return atomic_write(path, image.save)
+def save_image(image: Image.Image, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write atomically (see ``files.atomic_write``); an existing file is replaced only with ``overwrite``."""
+    if Path(path).suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"{str(path)!r}: unknown image type {Path(path).suffix!r}; use .png or .jpg")
+    return atomic_write(path, lambda tmp: image.save(tmp, format=Image.registered_extensions()[
+        Path(path).suffix.lower()]), overwrite=overwrite)

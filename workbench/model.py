@@ -11,9 +11,9 @@ import copy
 import difflib
 import hashlib
 import json
+import math
 import os
-import shutil
-import tempfile
+import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +23,12 @@ import nnsight
 import torch
 from nnsight import NNsight
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import autoencoder as ae
+from .checks import finite, whole
+from .files import PACKAGE_DATA, atomic_dir
 from .layers import Layer, build_table, execution_order, select
+from .progress import bar
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TOY_DIR = Path(__file__).parent / "toy" / "weights"
@@ -55,6 +57,26 @@ class Patch:
     positions: Sequence[int] | None = None
     steps: Collection[int] | None = None
     uncond: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layer, str):
+            raise TypeError(f"Patch layer must be a layer name (str), got {type(self.layer).__name__}")
+        values = self.value.values() if isinstance(self.value, Mapping) else [self.value]
+        for v in values:
+            if callable(v):
+                continue
+            if not isinstance(v, torch.Tensor | int | float) or isinstance(v, bool):
+                raise TypeError(f"Patch {self.layer!r}: value must be a tensor, a number, a function or a mapping "
+                                f"step -> tensor, got {type(v).__name__}")
+            if not torch.isfinite(torch.as_tensor(v)).all():
+                raise ValueError(f"Patch {self.layer!r}: value holds NaN or inf")
+        for what, idx in (("rows", self.rows), ("positions", self.positions), ("steps", self.steps)):
+            if idx is None or isinstance(idx, slice):
+                continue
+            if isinstance(idx, torch.Tensor):
+                idx = idx.tolist()
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
+                raise ValueError(f"Patch {self.layer!r}: {what} must be whole numbers, got {list(idx)[:5]}")
 
 
 @dataclass
@@ -103,7 +125,8 @@ class Workbench:
     def __init__(self, unet: nn.Module, text_encoder: nn.Module, tokenizer, scheduler,
                  autoencoder: ae.Autoencoder | None = None, *, name: str = "model",
                  defaults: dict | None = None, source: str | None = None, text_key_prefix: str = "",
-                 vae: nn.Module | None = None):
+                 vae: nn.Module | None = None, scheduler_config: Mapping[str, Any] | None = None,
+                 extra: Mapping[str, Any] | None = None, read_paths: Sequence[str | os.PathLike] | None = None):
         self.unet = unet.eval()
         self.text_encoder = text_encoder.eval()
         self.tokenizer = tokenizer
@@ -113,6 +136,11 @@ class Workbench:
         self.name = name
         self.source = source
         self.text_key_prefix = text_key_prefix  # "text_model." when the checkpoint used transformers-4 keys
+        # Sampling uses DDIM; exports keep the scheduler the checkpoint came with, config untouched.
+        self.scheduler_config = dict(scheduler_config if scheduler_config is not None else scheduler.config)
+        self.extra = dict(extra or {})  # workbench.json of a loaded folder (image size, ...), kept on export
+        local = [Path(source)] if source and Path(source).exists() else []
+        self._read_paths = [Path(p) for p in (read_paths if read_paths is not None else local)]
         self.defaults = {"guidance": 7.5, "steps": 50, **(defaults or {})}
         self.parts: dict[str, nn.Module] = {"text": self.text_encoder, "unet": self.unet}
         self._nn = {part: NNsight(module) for part, module in self.parts.items()}
@@ -128,50 +156,68 @@ class Workbench:
                         config: str | os.PathLike | None = None) -> Workbench:
         """Load a local diffusers Stable Diffusion folder, or a single ``.safetensors`` checkpoint.
 
-        Never touches the network. A single file needs ``config``: a local diffusers folder holding the
-        model's configs (diffusers cannot infer them offline).
+        Never touches the network and never unpickles: weights load from safetensors only. A folder missing
+        weights, holding broken or non-finite ones, or whose configs are unreadable, is refused with the file
+        named. A single file needs ``config``: a local diffusers folder holding the model's configs
+        (diffusers cannot infer them offline).
         """
-        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-        from transformers import AutoTokenizer, CLIPTextModel
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
 
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"model path {str(path)!r} does not exist")
         if path.is_file():
             return cls._from_single_file(path, config=config, device=device, dtype=dtype)
+        if config is not None:
+            raise ValueError(f"--config goes with a single .safetensors file; {str(path)!r} is a folder")
         missing = [p for p in REQUIRED_PARTS if not (path / p).is_dir()]
         if missing:
             raise FileNotFoundError(
                 f"{str(path)!r} is not a diffusers Stable Diffusion folder: missing subfolder(s) "
                 f"{', '.join(missing)} (expected {', '.join(REQUIRED_PARTS)}, optionally vae)")
-        kw = {"local_files_only": True}
-        unet = UNet2DConditionModel.from_pretrained(path / "unet", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", **kw)
-        tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", **kw)
-        scheduler = DDIMScheduler.from_pretrained(path / "scheduler", **kw)
-        extra = json.loads((path / "workbench.json").read_text()) if (path / "workbench.json").exists() else {}
-        vae = AutoencoderKL.from_pretrained(path / "vae", **kw) if (path / "vae").is_dir() else None
-        wb = cls(unet, text_encoder, tokenizer, scheduler, ae.from_spec(extra.get("autoencoder"), vae),
-                 name=extra.get("name", path.name), defaults={k: extra[k] for k in ("guidance", "steps")
-                                                              if k in extra},
-                 source=str(path), text_key_prefix=_text_key_prefix(path / "text_encoder"), vae=vae)
+        unet = _load_weights(UNet2DConditionModel, path / "unet")
+        text_encoder = _load_weights(CLIPTextModel, path / "text_encoder")
+        vae = _load_weights(AutoencoderKL, path / "vae") if (path / "vae").is_dir() else None
+        tokenizer = _load_tokenizer(path / "tokenizer")
+        scheduler_config = _read_json(path / "scheduler" / "scheduler_config.json", "scheduler config")
+        extra = _read_json(path / "workbench.json", "workbench settings") if (path / "workbench.json").exists() else {}
+        try:
+            autoencoder = ae.from_spec(extra.get("autoencoder"), vae)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{str(path / 'workbench.json')!r}: unreadable autoencoder entry "
+                             f"{extra.get('autoencoder')!r} ({err})") from err
+        wb = cls(unet, text_encoder, tokenizer, _sampling_scheduler(scheduler_config, path), autoencoder,
+                 name=str(extra.get("name", path.name)), defaults=_defaults(extra, path / "workbench.json"),
+                 source=str(path), text_key_prefix=_text_key_prefix(path / "text_encoder"), vae=vae,
+                 scheduler_config=scheduler_config, extra=extra)
         return wb.to(device, dtype)
 
     @classmethod
     def _from_single_file(cls, path: Path, *, config, device, dtype) -> Workbench:
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline
 
         if path.suffix != ".safetensors":
             raise ValueError(f"{str(path)!r}: only .safetensors single-file checkpoints load (pickled "
                              f"checkpoints such as .ckpt can run code when read); convert it first")
         if config is None:
-            raise ValueError(f"single-file checkpoint {str(path)!r} needs config=<local diffusers folder with "
-                             f"the model's configs>: without the hub diffusers cannot infer them")
-        pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
-                                                        safety_checker=None)
-        scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-        wb = cls(pipe.unet, pipe.text_encoder, pipe.tokenizer, scheduler, vae=pipe.vae, name=path.stem,
-                 source=str(path), text_key_prefix="text_model.")
+            raise ValueError(f"single-file checkpoint {str(path)!r} needs a config (--config FOLDER, config= in "
+                             f"Python): a local diffusers folder with the model's configs; without the hub "
+                             f"diffusers cannot infer them")
+        if not Path(config).is_dir():
+            raise FileNotFoundError(f"config folder {str(config)!r} for {str(path)!r} does not exist")
+        _check_safetensors(path)
+        try:
+            pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
+                                                            safety_checker=None)
+        except Exception as err:  # diffusers raises many types here; each is a bad file or config to the user
+            raise ValueError(f"cannot load {str(path)!r} with the configs in {str(config)!r}: "
+                             f"{_first_line(err)}") from err
+        scheduler_config = dict(pipe.scheduler.config)
+        wb = cls(pipe.unet, pipe.text_encoder, pipe.tokenizer, _sampling_scheduler(scheduler_config, path),
+                 vae=pipe.vae, name=path.stem, source=str(path), text_key_prefix="text_model.",
+                 scheduler_config=scheduler_config, read_paths=[path, Path(config)])
+        _check_finite(wb.parts.items(), path)
         return wb.to(device, dtype)
 
     @classmethod
@@ -201,7 +247,7 @@ class Workbench:
             kl = AutoencoderKL.from_config(cfg["vae"]) if vae else None
         scheduler = DDIMScheduler.from_config(cfg["scheduler"])
         wb = cls(unet, text_encoder, tokenizer, scheduler, vae=kl, name=f"random-{arch}-seed{seed}",
-                 source=f"random:{arch}:{seed}", defaults={"steps": 20})
+                 source=f"random:{arch}:{seed}", defaults={"steps": 20}, scheduler_config=cfg["scheduler"])
         return wb.to(device, dtype)
 
     @classmethod
@@ -224,19 +270,50 @@ class Workbench:
 
             # Only the retrained weights are stored; configs, tokenizer and scheduler are the base world's.
             for part, module in (("unet", wb.unet), ("text_encoder", wb.text_encoder)):
-                load_model(module, TOY_DIR / world / f"{part}.safetensors", device=str(wb.device))
+                file = TOY_DIR / world / f"{part}.safetensors"
+                _check_safetensors(file)
+                load_model(module, file, device=str(wb.device))
+            _check_finite(wb.parts.items(), TOY_DIR / world)
             wb.source = f"{TOY_DIR} ({world})"
+            wb._fingerprint = None
         return wb
 
     @classmethod
-    def load(cls, model: str, **kw) -> Workbench:
-        """``toy``, ``toy-entities``, ``tiny``, ``sd15``, ``sd21`` or a local path (the CLI's ``--model``)."""
-        for world, name in TOY_WORLDS.items():
-            if model == name:
-                return cls.toy(world, **kw)
-        if model in ARCHES:
-            return cls.random(model, **kw)
-        return cls.from_pretrained(model, **kw)
+    def load(cls, model: str, *, config: str | os.PathLike | None = None, sample_size: int | None = None,
+             **kw) -> Workbench:
+        """``toy``, ``toy-entities``, ``tiny``, ``sd15``, ``sd21`` or a local path (the CLI's ``--model``).
+
+        ``config``: the config folder of a single-file checkpoint; ``sample_size``: the latent side to
+        sample at (a smaller one makes large models cheap to try; the weights do not depend on it)."""
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError(f"model must be a name or a local path, got {model!r}")
+        builtin = model in TOY_WORLDS.values() or model in ARCHES
+        if builtin and config is not None:
+            raise ValueError(f"--config is for single-file checkpoints; {model!r} is a built-in model")
+        if model in TOY_WORLDS.values():
+            wb = cls.toy(next(w for w, n in TOY_WORLDS.items() if n == model), **kw)
+        elif model in ARCHES:
+            wb = cls.random(model, **kw)
+        elif not Path(model).exists() and "/" not in model and "." not in model:
+            raise FileNotFoundError(f"unknown model {model!r}: expected {', '.join([*TOY_WORLDS.values(), *ARCHES])} "
+                                    f"or a local diffusers folder / .safetensors file (nothing is downloaded)")
+        else:
+            wb = cls.from_pretrained(model, config=config, **kw)
+        if sample_size is not None:
+            wb.set_sample_size(sample_size)
+        return wb
+
+    def set_sample_size(self, side: int) -> None:
+        """Sample at ``side`` × ``side`` latents (the weights do not depend on it)."""
+        levels = 2 ** (len(self.unet.config.down_block_types) - 1)
+        if isinstance(side, bool) or not isinstance(side, int) or side < levels or side % levels:
+            raise ValueError(f"sample size must be a whole multiple of {levels} (the UNet halves the latent "
+                             f"{levels.bit_length() - 1} times), got {side!r}")
+        self.unet.register_to_config(sample_size=side)
+
+    def read_paths(self) -> list[Path]:
+        """What this model was read from, plus the package's shipped data: never a target for a writer."""
+        return [*self._read_paths, *PACKAGE_DATA]
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Workbench:
         if torch.device(device or self.device) == self.device and (dtype or self.dtype) == self.dtype:
@@ -432,7 +509,7 @@ class Workbench:
     def generate(self, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, *, steps: int | None = None,
                  guidance: float | None = None, negative_prompt: str = "", patches: Sequence[Patch] = (),
                  text_patches: Sequence[Patch] = (), read: Sequence[str] = (), context: torch.Tensor | None = None,
-                 progress: bool = False) -> Generation:
+                 progress: bool = False, step_bar=None) -> Generation:
         """Deterministic DDIM sampling, batched, with optional reads and patches.
 
         ``seed`` is one seed per prompt, or a base seed (row i uses ``seed + i``). ``text_patches`` act on
@@ -442,11 +519,15 @@ class Workbench:
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         n = len(prompts)
-        seeds = [seed + i for i in range(n)] if isinstance(seed, int) else [int(s) for s in seed]
-        if len(seeds) != n:
-            raise ValueError(f"{len(seeds)} seeds for {n} prompts")
-        steps = int(steps or self.defaults["steps"])
-        guidance = float(self.defaults["guidance"] if guidance is None else guidance)
+        if n == 0:
+            raise ValueError("no prompts to generate")
+        seeds = _seeds(seed, n)
+        steps = whole("steps", self.defaults["steps"] if steps is None else steps)
+        guidance = finite("guidance", self.defaults["guidance"] if guidance is None else guidance)
+        if not isinstance(negative_prompt, str):
+            raise TypeError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
+        if context is not None and (context.shape[0] != n or not torch.isfinite(context).all()):
+            raise ValueError(f"context must be {n} finite rows, one per prompt; got shape {tuple(context.shape)}")
         cond = context if context is not None else self.encode(prompts, patches=text_patches)
         use_cfg = guidance != 1.0
         if use_cfg:
@@ -466,7 +547,8 @@ class Workbench:
             return (list(base) + rows) if (p.uncond and use_cfg) else rows
 
         reads: dict[str, list[torch.Tensor]] = {name: [] for name in read}
-        for i, t in enumerate(tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False)):
+        own_bar = bar(desc="sampling", total=len(scheduler.timesteps), progress=progress and step_bar is None)
+        for i, t in enumerate(scheduler.timesteps):
             active = [p for p in patches if p.steps is None or i in p.steps]
             x_in = scheduler.scale_model_input(torch.cat([x, x]) if use_cfg else x, t)
             out, saved = self._run("unet", (x_in, t), {"encoder_hidden_states": ctx}, read, active, rows_of, i)
@@ -477,19 +559,36 @@ class Workbench:
                 pu, pc = pred.chunk(2)
                 pred = pu + guidance * (pc - pu)
             x = scheduler.step(pred, t, x).prev_sample
+            (step_bar or own_bar).update(1)
+        own_bar.close()
+        if not torch.isfinite(x).all():  # clamping would turn NaN into black images that score as erased
+            raise ValueError(f"the model produced NaN or inf latents for prompt(s) {prompts[:3]}; its weights or "
+                             f"patches are broken, so no images are returned")
         images = (self.autoencoder.decode(x).float().clamp(-1, 1) + 1) / 2
         return Generation(images=images.cpu(), latents=x, prompts=prompts, seeds=seeds, reads=reads)
 
     def sample(self, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, *, steps: int | None = None,
-               guidance: float | None = None, negative_prompt: str = "", batch_size: int = 64,
+               guidance: float | None = None, negative_prompt: str = "", batch_size: int | None = None,
                progress: bool = False, **kw) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1]; deterministic for a seed. Batched in chunks of ``batch_size``."""
+        """Images (B, 3, H, W) in [0, 1]; deterministic for a seed. Batched in chunks of ``batch_size``
+        prompts, by default as many as memory allows."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+        if not prompts:
+            raise ValueError("no prompts to sample")
+        seeds = _seeds(seed, len(prompts))
+        for p in prompts:
+            self._check_prompt(p)
+        if batch_size is None:
+            from .memory import rows_per_batch
+
+            batch_size = min(64, max(1, rows_per_batch(self, "unet") // 2))  # guidance doubles the rows
+        batch_size = whole("batch_size", batch_size)
         chunks = range(0, len(prompts), batch_size)
-        out = [self.generate(prompts[i:i + batch_size], seeds[i:i + batch_size], steps=steps, guidance=guidance,
-                             negative_prompt=negative_prompt, **kw).images
-               for i in tqdm(chunks, desc="generating", disable=not progress or len(chunks) < 2)]
+        total = len(chunks) * whole("steps", self.defaults["steps"] if steps is None else steps)
+        with bar(desc="sampling", total=total, progress=progress and total > 1) as steps_bar:
+            out = [self.generate(prompts[i:i + batch_size], seeds[i:i + batch_size], steps=steps,
+                                 guidance=guidance, negative_prompt=negative_prompt, step_bar=steps_bar, **kw).images
+                   for i in chunks]
         return torch.cat(out)
 
     # ------------------------------------------------------------------ identity and export
@@ -507,36 +606,31 @@ class Workbench:
     def save_pretrained(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write a diffusers folder that a plain ``StableDiffusionPipeline.from_pretrained`` loads.
 
-        Written to a temporary folder and renamed into place, so a failure leaves nothing half-written.
-        The text encoder keeps the key layout its source checkpoint had (transformers-4 ``text_model.``
-        keys stay), so older stacks load it too. Refuses to replace an existing folder unless told to.
+        Built in a temporary folder and swapped into place, so a failure leaves nothing half-written. The
+        text encoder keeps the key layout its source checkpoint had (transformers-4 ``text_model.`` keys
+        stay) and the scheduler config is the checkpoint's own. With ``overwrite`` an earlier export is
+        replaced, but never a folder holding anything else, nor one that is, holds or lies inside what this
+        model was read from (:meth:`read_paths`).
         """
         from diffusers import StableDiffusionPipeline
 
-        folder = Path(folder)
-        if self.source and Path(self.source).resolve() == folder.resolve():
-            raise ValueError(f"refusing to write over the source checkpoint {str(folder)!r}")
-        if folder.exists() and any(folder.iterdir()) and not overwrite:
-            raise FileExistsError(f"{str(folder)!r} exists and is not empty; pass overwrite=True or pick "
-                                  f"another folder")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                                           unet=self.unet, scheduler=self.scheduler, safety_checker=None,
-                                           feature_extractor=None, requires_safety_checker=False)
+        def fill(tmp: Path) -> None:
+            # The pipeline "fixes" clip_sample/steps_offset on the scheduler it is given: give it a copy.
+            with warnings.catch_warnings():  # its deprecation notes concern that copy, not the export
+                warnings.simplefilter("ignore", FutureWarning)
+                pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder,
+                                               tokenizer=self.tokenizer, unet=self.unet,
+                                               scheduler=copy.deepcopy(self.scheduler), safety_checker=None,
+                                               feature_extractor=None, requires_safety_checker=False)
             pipe.save_pretrained(tmp, safe_serialization=True)
+            config = {"_class_name": type(self.scheduler).__name__, **self.scheduler_config}
+            (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2, default=str))
             if self.text_key_prefix:
                 _rewrite_text_keys(tmp / "text_encoder", self.text_key_prefix)
-            extra = {"name": self.name, "autoencoder": self.autoencoder.spec, **self.defaults}
+            extra = {**self.extra, "name": self.name, "autoencoder": self.autoencoder.spec, **self.defaults}
             (tmp / "workbench.json").write_text(json.dumps(extra, indent=2))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+
+        return atomic_dir(folder, fill, overwrite=overwrite, protected=self.read_paths())
 
     def __repr__(self) -> str:
         n = sum(p.numel() for m in self.parts.values() for p in m.parameters())
@@ -578,3 +672,125 @@ def _rewrite_text_keys(folder: Path, prefix: str) -> None:
         tensors = load_file(str(file))
         renamed = {k if k.startswith(prefix) else prefix + k: v for k, v in tensors.items()}
         save_file(renamed, str(file), metadata={"format": "pt"})
+
+
+def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    if isinstance(seed, int | float) and not isinstance(seed, bool):
+        return [whole("seed", seed, minimum=0) + i for i in range(n)]
+    seeds = [whole("seed", s, minimum=0) for s in seed]
+    if len(seeds) != n:
+        raise ValueError(f"{len(seeds)} seeds for {n} prompts")
+    return seeds
+
+
+PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} is missing (the {what})")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(path)!r}: the {what} is not readable JSON ({_first_line(err)})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{str(path)!r}: the {what} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _defaults(extra: dict, path: Path) -> dict:
+    out = {}
+    for key, kind in (("guidance", float), ("steps", int)):
+        if key in extra:
+            value = extra[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or (
+                    kind is int and (value != int(value) or value < 1)):
+                raise ValueError(f"{str(path)!r}: {key} must be a finite number{' >= 1' if kind is int else ''}, "
+                                 f"got {value!r}")
+            out[key] = kind(value)
+    return out
+
+
+def _check_safetensors(file: Path) -> None:
+    """A clear error for a missing, truncated or foreign weights file, before any library reads it."""
+    from safetensors import safe_open
+
+    if not file.is_file():
+        raise FileNotFoundError(f"weights file {str(file)!r} is missing")
+    try:
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                f.get_slice(key)
+    except Exception as err:  # safetensors raises its own error types for every kind of damage
+        raise ValueError(f"{str(file)!r} is not a readable safetensors file (truncated or damaged?): "
+                         f"{_first_line(err)}") from err
+    size = file.stat().st_size
+    with open(file, "rb") as fh:
+        header = int.from_bytes(fh.read(8), "little")
+        meta = json.loads(fh.read(header))
+    end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+    if 8 + header + end != size:
+        raise ValueError(f"{str(file)!r} is {size} bytes but its header describes {8 + header + end}: truncated "
+                         f"or damaged")
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickled = sorted(f.name for f in folder.iterdir() if f.suffix in PICKLED)
+        if pickled:
+            raise ValueError(f"{str(folder)!r} holds only pickled weights ({', '.join(pickled)}); unpickling can run "
+                             f"code, so the workbench loads safetensors only: convert them first")
+        raise FileNotFoundError(f"{str(folder)!r} holds no .safetensors weights")
+    return files
+
+
+def _check_finite(parts, where: Path | str) -> None:
+    for part, module in parts:
+        for name, t in module.state_dict().items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise ValueError(f"{str(where)!r}: weight {part}.{name} holds NaN or inf values; refusing a broken "
+                                 f"model")
+
+
+def _load_weights(model_class, folder: Path):
+    """A diffusers/transformers model from a local folder: safetensors only, every weight present and finite."""
+    _read_json(folder / "config.json", f"{folder.name} config")
+    for file in _weight_files(folder):
+        _check_safetensors(file)
+    try:
+        model, info = model_class.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                                  output_loading_info=True)
+    except Exception as err:  # the libraries raise OSError, ValueError, KeyError, ... for a broken folder
+        raise ValueError(f"cannot load {str(folder)!r}: {_first_line(err)}") from err
+    for key, what in (("missing_keys", "missing"), ("mismatched_keys", "of the wrong shape")):
+        bad = sorted(str(k if isinstance(k, str) else k[0]) for k in (info or {}).get(key) or ())
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise ValueError(f"{str(folder)!r}: weights {what}: {shown}; refusing to fill them with random values")
+    _check_finite([(folder.name, model)], folder)
+    return model
+
+
+def _load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as err:  # the tokenizer classes raise many types for a broken folder
+        raise ValueError(f"cannot load the tokenizer in {str(folder)!r}: {_first_line(err)}") from err
+
+
+def _sampling_scheduler(config: Mapping[str, Any], where: Path):
+    """DDIM on the checkpoint's noise schedule (the workbench samples deterministically)."""
+    from diffusers import DDIMScheduler
+
+    try:
+        return DDIMScheduler.from_config(dict(config))
+    except Exception as err:  # a malformed config surfaces as TypeError/ValueError inside diffusers
+        raise ValueError(f"{str(where)!r}: unusable scheduler config ({_first_line(err)})") from err

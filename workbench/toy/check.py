@@ -14,6 +14,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..checks import arg_float, arg_int
+from ..files import PACKAGE_DATA, check_target, write_text
 from . import classifier, world
 
 SEED_BASE = 900_000  # far from anything the training loop seeds
@@ -215,12 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     from ..model import Workbench
 
     ap = argparse.ArgumentParser(prog="workbench toy check", description=__doc__)
-    ap.add_argument("--samples", type=int, default=50, help="seeds per condition")
-    ap.add_argument("--guidance", type=float)
-    ap.add_argument("--steps", type=int)
+    ap.add_argument("--samples", type=arg_int(1), default=50, help="seeds per condition")
+    ap.add_argument("--guidance", type=arg_float())
+    ap.add_argument("--steps", type=arg_int(1))
     ap.add_argument("--json", help="write the full report here")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     ap.add_argument("--model", default="toy", help="the shipped toy world, or an exported folder to check")
     args = ap.parse_args(argv)
+    if args.json:
+        check_target(args.json, args.overwrite, protected=PACKAGE_DATA)
     torch.set_num_threads(2)
     report = run_check(Workbench.load(args.model), args.samples, steps=args.steps, guidance=args.guidance)
     for name, rate in report["rates"].items():
@@ -230,8 +235,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{'pass' if ok else 'FAIL'}] {name}")
     print(f"\n{report['images']} images in {report['seconds']:.0f} s; {'PASSED' if report['passed'] else 'FAILED'}")
     if args.json:
-        from pathlib import Path
-
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_text(args.json, json.dumps(report, indent=2), overwrite=args.overwrite)
     return 0 if report["passed"] else 1
 

@@ -9,6 +9,8 @@ exact pixel-unshuffle(4) of the image, cosine schedule, v-prediction, min-SNR-5 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 # Short OpenMP spin before sleeping: with the default policy, two torch threads on two shared cores
 # slowed ~10x whenever another process ran (measured); must be set before torch loads libgomp.
@@ -34,6 +36,7 @@ from tokenizers.processors import TemplateProcessing
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
+from workbench.checks import arg_float, arg_int
 from workbench.toy import world
 
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
@@ -250,17 +253,44 @@ def save_checkpoint(run_dir: Path, step: int, args: argparse.Namespace, models: 
     os.replace(run_dir / "state.tmp", run_dir / "state.json")
 
 
+EXPORTED = ("unet", "text_encoder", "tokenizer", "scheduler", "workbench.json")  # what export writes in a folder
+
+
+def check_export_target(out: Path, overwrite: bool) -> None:
+    """Before training: refuse a folder already holding a world, unless told to replace it."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {str(out)!r} is a file; give a folder")
+    there = [name for name in EXPORTED if (out / name).exists()]
+    if there and not overwrite:
+        raise FileExistsError(f"--out {str(out)!r} already holds a toy world ({', '.join(there)}); pass --overwrite "
+                              f"to replace those (nothing else in the folder is touched) or choose another folder")
+
+
 def export(out: Path, tokenizer: PreTrainedTokenizerFast, unet: UNet2DConditionModel,
            te: CLIPTextModel, guidance: float = GUIDANCE) -> None:
-    """Write diffusers/transformers-format weights plus workbench.json."""
+    """Write diffusers/transformers-format weights plus workbench.json.
+
+    Written beside ``out`` first, then each file renamed into place: other files in ``out`` (the scorer, the
+    entity world) stay, and a crash never leaves a half-written weights file."""
     out.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(out / "unet", safe_serialization=True)
-    te.save_pretrained(out / "text_encoder", safe_serialization=True)
-    tokenizer.save_pretrained(out / "tokenizer")
-    build_sampling_scheduler().save_pretrained(out / "scheduler")
-    meta = {"autoencoder": {"type": "pixel_unshuffle", "factor": FACTOR},
-            "image_size": world.IMAGE_SIZE, "guidance": guidance, "steps": SAMPLE_STEPS}
-    (out / "workbench.json").write_text(json.dumps(meta, indent=2) + "\n")
+    tmp = Path(tempfile.mkdtemp(prefix=".export.", dir=out))
+    try:
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        te.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        build_sampling_scheduler().save_pretrained(tmp / "scheduler")
+        meta = {"autoencoder": {"type": "pixel_unshuffle", "factor": FACTOR},
+                "image_size": world.IMAGE_SIZE, "guidance": guidance, "steps": SAMPLE_STEPS}
+        (tmp / "workbench.json").write_text(json.dumps(meta, indent=2) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                os.chmod(f, 0o666 & ~umask)
+                (out / f.relative_to(tmp)).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(f, out / f.relative_to(tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @torch.no_grad()
@@ -287,6 +317,10 @@ def sample(unet: UNet2DConditionModel, te: CLIPTextModel, tokenizer: PreTrainedT
 
 
 def train(args: argparse.Namespace) -> None:
+    check_export_target(Path(args.out), args.overwrite)
+    if args.init and not Path(args.init).is_dir():
+        raise FileNotFoundError(f"--init {args.init!r}: no such local folder (an exported toy world); nothing is "
+                                f"downloaded")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     run_dir = Path(args.run_dir)
@@ -302,13 +336,16 @@ def train(args: argparse.Namespace) -> None:
     opt = torch.optim.AdamW(params + list(heads.parameters()), lr=args.lr, weight_decay=0.01)
     start = 0
     if args.init:
-        # Fine-tune from exported weights: model and EMA both start there, with a fresh optimizer.
-        src = Path(args.init)
-        te.load_state_dict(CLIPTextModel.from_pretrained(src / "text_encoder").state_dict())
-        unet.load_state_dict(UNet2DConditionModel.from_pretrained(src / "unet").state_dict())
+        # Fine-tune from exported weights: model and EMA both start there, with a fresh optimizer. Loaded as
+        # every model is (local, safetensors only, every weight present): never from the network.
+        from workbench.model import Workbench
+
+        init = Workbench.from_pretrained(args.init)
+        te.load_state_dict(init.text_encoder.state_dict())
+        unet.load_state_dict(init.unet.state_dict())
         ema_te.load_state_dict(te.state_dict())
         ema_unet.load_state_dict(unet.state_dict())
-        print(f"initialised from {src}", flush=True)
+        print(f"initialised from {args.init}", flush=True)
     if args.resume and (run_dir / "state.json").exists():
         state = json.loads((run_dir / "state.json").read_text())
         saved = load_file(str(run_dir / "model.safetensors"))
@@ -389,17 +426,18 @@ def scene_mix(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Train the toy text-to-image model.")
-    ap.add_argument("--steps", type=int, default=6000)
+    ap = argparse.ArgumentParser(prog="workbench toy train", description="Train the toy text-to-image model.")
+    ap.add_argument("--steps", type=arg_int(1), default=6000)
     ap.add_argument("--out", default="workbench/toy/weights")
+    ap.add_argument("--overwrite", action="store_true", help="replace the world already in --out")
     ap.add_argument("--run-dir", default=str(DEFAULT_RUN_DIR), help="checkpoint folder (git-ignored)")
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--ema", type=float, default=0.995)
-    ap.add_argument("--ckpt-every", type=int, default=250)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=arg_int(0), default=0)
+    ap.add_argument("--batch", type=arg_int(1), default=64)
+    ap.add_argument("--lr", type=arg_float(above=0), default=1e-3)
+    ap.add_argument("--ema", type=arg_float(above=0), default=0.995)
+    ap.add_argument("--ckpt-every", type=arg_int(1), default=250)
+    ap.add_argument("--threads", type=arg_int(1), default=2)
     ap.add_argument("--init", default=None, help="fine-tune from an exported weights folder (fresh optimizer)")
     ap.add_argument("--profession-rate", type=float, default=0.12, help="share of profession scenes")
     ap.add_argument("--shape-only-rate", type=float, default=0.1,
