@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .checks import arg_float as _float
 from .checks import arg_int as _int
@@ -31,14 +30,9 @@ def _outputs(args: argparse.Namespace, wb, *paths: str | None) -> None:
 
 
 def _output_dir(args: argparse.Namespace, wb, folder: str) -> None:
-    from .files import OVERWRITE_HINT, check_not_protected
+    from .files import check_dir_target
 
-    check_not_protected(folder, wb.read_paths())
-    path = Path(folder)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"--out {folder!r} is a file; give a folder")
-    if path.is_dir() and any(path.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"--out {folder!r} exists and is not empty; {OVERWRITE_HINT}")
+    check_dir_target(folder, args.overwrite, wb.read_paths())
 
 
 def cmd_layers(args: argparse.Namespace) -> int:

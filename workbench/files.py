@@ -99,15 +99,9 @@ def owned_files(folder: Path) -> set[str]:
     return {f for f in files if isinstance(f, str)} | {MANIFEST} if isinstance(files, list) else set()
 
 
-def atomic_dir(folder: str | os.PathLike, fill: Callable[[Path], object], *, overwrite: bool = False,
-               owned: Collection[str] = (), protected: Iterable[str | os.PathLike] = ()) -> Path:
-    """Build a folder with ``fill(tmp_folder)`` beside ``folder``, then swap it into place.
-
-    The folder gets a manifest (``.workbench-files.json``) of the files written. An existing non-empty
-    ``folder`` is replaced only with ``overwrite`` and only when every file in it is one the workbench wrote
-    there (its manifest, or ``owned``: relative paths). Anything else in it means the folder is not ours:
-    refused, not a byte deleted. The old folder is removed only after the new one is complete.
-    """
+def check_dir_target(folder: str | os.PathLike, overwrite: bool, protected: Iterable[str | os.PathLike] = (),
+                     owned: Collection[str] = ()) -> Path:
+    """The checks :func:`atomic_dir` makes, for a caller to make before long work."""
     folder = Path(folder)
     check_not_protected(folder, protected)
     if folder.exists() and not folder.is_dir():
@@ -121,6 +115,19 @@ def atomic_dir(folder: str | os.PathLike, fill: Callable[[Path], object], *, ove
             if (f.is_symlink() or not f.is_dir()) and rel not in allowed:
                 raise FileExistsError(f"refusing to replace {str(folder)!r}: it holds {rel!r}, which the workbench "
                                       f"did not write there; move it away or choose another folder")
+    return folder
+
+
+def atomic_dir(folder: str | os.PathLike, fill: Callable[[Path], object], *, overwrite: bool = False,
+               owned: Collection[str] = (), protected: Iterable[str | os.PathLike] = ()) -> Path:
+    """Build a folder with ``fill(tmp_folder)`` beside ``folder``, then swap it into place.
+
+    The folder gets a manifest (``.workbench-files.json``) of the files written. An existing non-empty
+    ``folder`` is replaced only with ``overwrite`` and only when every file in it is one the workbench wrote
+    there (its manifest, or ``owned``: relative paths). Anything else in it means the folder is not ours:
+    refused, not a byte deleted. The old folder is removed only after the new one is complete.
+    """
+    folder = check_dir_target(folder, overwrite, protected, owned)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))

@@ -763,11 +763,18 @@ def _load_weights(model_class, folder: Path):
     _read_json(folder / "config.json", f"{folder.name} config")
     for file in _weight_files(folder):
         _check_safetensors(file)
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its per-file bar is noise beside the workbench's own
     try:
         model, info = model_class.from_pretrained(folder, local_files_only=True, use_safetensors=True,
                                                   output_loading_info=True)
     except Exception as err:  # the libraries raise OSError, ValueError, KeyError, ... for a broken folder
         raise ValueError(f"cannot load {str(folder)!r}: {_first_line(err)}") from err
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     for key, what in (("missing_keys", "missing"), ("mismatched_keys", "of the wrong shape")):
         bad = sorted(str(k if isinstance(k, str) else k[0]) for k in (info or {}).get(key) or ())
         if bad:
