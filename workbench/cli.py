@@ -168,6 +168,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     elif args.editor == "esd":
         if not args.erase or len(args.erase) != 1:
             raise ValueError("esd erases one concept: give exactly one --erase")
+        if args.checkpoint_dir:
+            from .files import check_not_protected
+
+            check_not_protected(args.checkpoint_dir, wb.read_paths())
         request = ESDRequest(erase=args.erase[0], erase_from=args.erase_from, method=args.method,
                              negative_guidance=args.negative_guidance, iterations=args.iterations,
                              lr=args.lr, seed=args.seed)

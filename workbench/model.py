@@ -581,7 +581,7 @@ class Workbench:
         if batch_size is None:
             from .memory import rows_per_batch
 
-            batch_size = min(64, max(1, rows_per_batch(self, "unet") // 2))  # guidance doubles the rows
+            batch_size = min(64, rows_per_batch(self, "generate"))
         batch_size = whole("batch_size", batch_size)
         chunks = range(0, len(prompts), batch_size)
         total = len(chunks) * whole("steps", self.defaults["steps"] if steps is None else steps)
