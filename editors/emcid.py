@@ -26,7 +26,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ from workbench import WeightDelta, Workbench
 from workbench.layers import edit_targets
 from workbench.model import TOY_WORLDS
 
+from . import _checks
+from ._checks import norm, number
 from .solve import ridge_solve
 
 TEMPLATES = ["{}", "a photo of {}", "an image of {}", "a picture of {}"]
@@ -58,32 +60,50 @@ class EMCIDEdit:
     prompts: tuple[str, ...] | None = None
 
 
+EDIT_FORM = "[source, destination], [source, destination, prompts] or {source, destination[, prompts]}"
+
+
 def _as_edit(item: Any, i: int) -> EMCIDEdit:
     if isinstance(item, EMCIDEdit):
         edit = item
     elif isinstance(item, Mapping):
-        unknown = set(item) - {"source", "destination", "prompts"}
-        if unknown or not {"source", "destination"} <= set(item):
+        keys = sorted(map(str, item))
+        unknown = set(keys) - {"source", "destination", "prompts"}
+        if unknown or not {"source", "destination"} <= set(keys):
             raise ValueError(f"EMCID edit {i}: expected keys source, destination and optionally prompts; got "
-                             f"{sorted(item)}")
+                             f"{keys}")
         edit = EMCIDEdit(item["source"], item["destination"], item.get("prompts"))
     elif isinstance(item, Sequence) and not isinstance(item, str) and len(item) in (2, 3):
         edit = EMCIDEdit(*item)
     else:
-        raise ValueError(f"EMCID edit {i}: expected (source, destination[, prompts]) or a dict, got {item!r}")
+        size = f" (a list of {len(item)})" if isinstance(item, Sequence) and not isinstance(item, str) else ""
+        raise ValueError(f"EMCID edit {i}: expected {EDIT_FORM}, got {item!r}{size}")
     for what in ("source", "destination"):
         value = getattr(edit, what)
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str):
+            raise TypeError(f"EMCID edit {i}: {what} must be a non-empty string, got {type(value).__name__} "
+                            f"{value!r}")
+        if not value.strip():
             raise ValueError(f"EMCID edit {i}: {what} must be a non-empty string, got {value!r}")
     source, destination = " ".join(edit.source.split()), " ".join(edit.destination.split())
-    if source == destination:
-        raise ValueError(f"EMCID edit {i}: source and destination are both {source!r}")
+    if source.lower() == destination.lower():
+        raise ValueError(f"EMCID edit {i}: source and destination are both {source!r} (case and spacing are "
+                         f"ignored)")
     prompts = None
     if edit.prompts is not None:
-        if isinstance(edit.prompts, str) or not edit.prompts:
-            raise ValueError(f"EMCID edit {i} ({source!r}): prompts must be a non-empty list of strings")
+        if isinstance(edit.prompts, str) or not isinstance(edit.prompts, Sequence) or not edit.prompts:
+            raise ValueError(f"EMCID edit {i} ({source!r}): prompts must be a non-empty list of strings, got "
+                             f"{edit.prompts!r}")
+        for j, p in enumerate(edit.prompts):
+            if not isinstance(p, str):
+                raise TypeError(f"EMCID edit {i} ({source!r}): prompts[{j}] must be a string, got "
+                                f"{type(p).__name__} {p!r}")
         prompts = tuple(_template(p, source, i) for p in edit.prompts)
     return EMCIDEdit(source, destination, prompts)
+
+
+def _prompt_keys(edit: EMCIDEdit) -> tuple[str, ...] | None:
+    return None if edit.prompts is None else tuple(norm(p) for p in edit.prompts)
 
 
 def _template(prompt: str, source: str, i: int) -> str:
@@ -92,7 +112,7 @@ def _template(prompt: str, source: str, i: int) -> str:
     if prompt.count("{}") == 1:
         return prompt
     padded, needle = f" {prompt} ", f" {source} "
-    at = padded.find(needle)
+    at = padded.lower().find(needle.lower())  # the tokenizer lowercases: "A Red Car" names "red car"
     if "{}" in prompt or at < 0:
         raise ValueError(f"EMCID edit {i}: prompt {prompt!r} must contain {source!r} (or one '{{}}' where the "
                          f"concept goes)")
@@ -123,40 +143,74 @@ class EMCIDRequest:
     ridge: float = 1e-4  # keeps the solve regular when C is rank-deficient or zero
 
     def __post_init__(self) -> None:
-        if isinstance(self.edits, (str, Mapping)) or not self.edits:
+        owner = "EMCID"
+        if isinstance(self.edits, (str, Mapping)) or not isinstance(self.edits, Sequence):
+            raise TypeError(f"EMCID edits must be a list of edits ({EDIT_FORM}), got {type(self.edits).__name__} "
+                            f"{self.edits!r}")
+        if not self.edits:
             raise ValueError("empty EMCID request: give at least one (source, destination) edit")
         self.edits = [_as_edit(item, i) for i, item in enumerate(self.edits)]
+        # Compared as the tokenizer sees them (lowercased, spacing collapsed).
         seen: dict[str, EMCIDEdit] = {}
         unique = []
         for i, edit in enumerate(self.edits):
-            earlier = seen.get(edit.source)
+            earlier = seen.get(norm(edit.source))
             if earlier is None:
-                seen[edit.source] = edit
+                seen[norm(edit.source)] = edit
                 unique.append(edit)
-            elif earlier.destination != edit.destination:
+            elif norm(earlier.destination) != norm(edit.destination):
                 raise ValueError(f"EMCID edit {i}: source {edit.source!r} is rewritten twice, to "
                                  f"{earlier.destination!r} and to {edit.destination!r}")
-            elif earlier.prompts != edit.prompts:
+            elif _prompt_keys(earlier) != _prompt_keys(edit):
                 raise ValueError(f"EMCID edit {i}: source {edit.source!r} appears twice with different prompts")
         self.edits = unique  # exact repeats are dropped: they would only weight one concept twice
-        if not self.templates or any(t.count("{}") != 1 for t in self.templates):
-            raise ValueError("templates must each contain one '{}' where the concept goes")
-        if self.samples not in SAMPLES:
-            raise ValueError(f"samples must be one of {', '.join(SAMPLES)}; got {self.samples!r}")
-        if self.steps < 0 or self.noise_samples < 1 or self.sample_steps < 1:
-            raise ValueError("steps must be >= 0, noise_samples and sample_steps >= 1")
-        if not 0 < self.edit_weight <= 1:
-            raise ValueError(f"edit_weight must be in (0, 1]; got {self.edit_weight}")
-        for name in ("lr", "clamp", "align_weight", "norm_weight", "lam", "ridge"):
-            value = getattr(self, name)
-            if not (value >= 0 and value < float("inf")):  # also refuses NaN
-                raise ValueError(f"{name} must be a finite number >= 0; got {value}")
+        self.templates = _checks.templates(owner, self.templates)
+        if not isinstance(self.samples, str) or self.samples not in SAMPLES:
+            raise ValueError(f"EMCID samples must be one of {', '.join(SAMPLES)}; got {self.samples!r}")
+        number(owner, "steps", self.steps, low=0, integer=True)
+        number(owner, "noise_samples", self.noise_samples, low=1, integer=True)
+        number(owner, "sample_steps", self.sample_steps, low=1, integer=True)
+        number(owner, "edit_weight", self.edit_weight, low=0, low_open=True, high=1)
+        number(owner, "lr", self.lr, low=0, low_open=True)  # 0: stage I would not move
+        number(owner, "clamp", self.clamp, low=0, low_open=True)  # 0: every δ clamped to nothing
+        for name in ("align_weight", "norm_weight", "lam"):
+            number(owner, name, getattr(self, name), low=0)
+        # ridge is what keeps the stage II system regular when the covariance is rank-deficient or lam is 0
+        number(owner, "ridge", self.ridge, low=0, low_open=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EMCIDRequest:
-        """A JSON file: a list of edits, or an object with ``edits`` and any hyperparameters."""
-        data = json.loads(Path(path).read_text())
-        return cls(edits=data) if isinstance(data, list) else cls(**data)
+        """A JSON file: a list of edits, or an object with ``edits`` and any hyperparameters. Anything else,
+        an unknown key or a bad value is refused with one ValueError naming the file and the key or edit."""
+        path = Path(path)
+        form = "a JSON list of edits, or an object with 'edits' and any of the request's hyperparameters"
+        if not path.is_file():
+            raise FileNotFoundError(f"no EMCID requests file at {str(path)!r} (expected {form})")
+        try:
+            data = json.loads(path.read_text())
+        except UnicodeDecodeError:
+            raise ValueError(f"{str(path)!r} is not a text file; expected {form}") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{str(path)!r} is not valid JSON ({err.msg} at line {err.lineno}, column "
+                             f"{err.colno}); expected {form}") from None
+        if isinstance(data, list):
+            data = {"edits": data}
+        elif isinstance(data, dict):
+            known = [f.name for f in fields(cls)]
+            unknown = [k for k in data if k not in known]
+            if unknown:
+                raise ValueError(f"{str(path)!r}: unknown key {unknown[0]!r}; expected 'edits' and any of "
+                                 f"{', '.join(k for k in known if k != 'edits')}")
+            if "edits" not in data:
+                raise ValueError(f"{str(path)!r}: no 'edits' key; expected {form}")
+        else:
+            kind = {str: "a string", bool: "a boolean", int: "a number", float: "a number",
+                    type(None): "null"}.get(type(data), type(data).__name__)
+            raise ValueError(f"{str(path)!r} holds {kind} ({data!r:.40}); expected {form}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{str(path)!r}: {err}") from None
 
     @property
     def sources(self) -> list[str]:
@@ -235,10 +289,11 @@ def fc2_layers(wb: Workbench, layers: Sequence[str] | None = None) -> list[str]:
         start = min(n - 1, int(lo * n / depth + 0.5))
         end = max(start, min(n - 1, int(hi * n / depth + 0.5)))
         return all_fc2[start:end + 1]
-    if isinstance(layers, str):
-        layers = [layers]
-    names = edit_targets([wb.layer(name) for name in layers], {"fc2": [""], "mlp": ["fc2"], "hidden": ["mlp.fc2"]},
-                         "EMCID", "text-encoder MLP output projections")
+    layers = _checks.layer_names("EMCID", layers)
+    takes = "text-encoder layers: a block text.encoder.layers.i, its mlp or its mlp.fc2, e.g. wb.layers('fc2')"
+    names = edit_targets([_checks.layer(wb, "EMCID", name, takes) for name in layers],
+                         {"fc2": [""], "mlp": ["fc2"], "hidden": ["mlp.fc2"]}, "EMCID",
+                         "text-encoder MLP output projections")
     return sorted(set(names), key=lambda name: wb.layer(name).order)
 
 
@@ -277,9 +332,9 @@ def _captions(wb: Workbench, captions: Sequence[str] | str | os.PathLike | None)
         if not lines:
             raise ValueError(f"caption file {str(path)!r} is empty")
         return lines, str(path)
-    lines = [c for c in captions if c.strip()]
+    lines = [c for c in _checks.strings("EMCID", "captions", captions, blank=True) if c.strip()]
     if not lines:
-        raise ValueError("empty caption corpus")
+        raise ValueError("empty caption corpus: captions holds no non-blank caption")
     return lines, f"{len(lines)} captions given"
 
 
@@ -501,8 +556,25 @@ def emcid(wb: Workbench, request: EMCIDRequest, layers: Sequence[str] | None = N
     that name an edited source (:func:`without_sources`).
     """
     req = request
+    if not isinstance(req, EMCIDRequest):
+        raise TypeError(f"emcid needs an EMCIDRequest, got {type(req).__name__}")
+    number("emcid", "seed", seed, low=0, integer=True)
+    number("emcid", "batch_concepts", batch_concepts, low=1, integer=True)
     names = fc2_layers(wb, layers)
     _plan(wb, req)  # refuse bad input before any expensive work
+    if covariance is not None:
+        if not isinstance(covariance, Mapping):
+            raise TypeError(f"emcid covariance must be a mapping {{fc2 layer: (in × in) tensor}}, got "
+                            f"{type(covariance).__name__}")
+        for name in names:
+            if name not in covariance:
+                continue  # reported below, with the layers it has
+            c, d_in = covariance[name], wb.module(name).in_features
+            if not isinstance(c, torch.Tensor) or tuple(c.shape) != (d_in, d_in):
+                shape = tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__
+                raise ValueError(f"emcid covariance[{name!r}] must be a ({d_in} × {d_in}) tensor, got {shape}")
+            if not torch.isfinite(c).all():
+                raise ValueError(f"emcid covariance[{name!r}] contains NaN or inf values")
     if covariance is None:
         corpus, corpus_name = _captions(wb, captions)
         kept = without_sources(corpus, req.sources)

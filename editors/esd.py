@@ -46,6 +46,9 @@ from tqdm.auto import tqdm
 from workbench import WeightDelta, Workbench
 from workbench.files import atomic_write
 
+from . import _checks
+from ._checks import norm, number
+
 METHODS = ("esd-x", "esd-x-strict", "esd-u", "esd-all", "located")
 CHECKPOINT = "esd-checkpoint.safetensors"
 # Fields that may change between an interrupted run and its resumption (more iterations extend the run).
@@ -68,23 +71,27 @@ class ESDRequest:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
+        owner = "ESD"
+        if not isinstance(self.method, str) or self.method not in METHODS:
             raise ValueError(f"unknown ESD method {self.method!r}; expected one of {', '.join(METHODS)}")
-        if not isinstance(self.erase, str) or not self.erase.strip():
+        if not isinstance(self.erase, str):
+            raise TypeError(f"ESD erase must be the concept to erase (a string), got {type(self.erase).__name__} "
+                            f"{self.erase!r}")
+        if not self.erase.strip():
             raise ValueError("empty ESD request: give the concept to erase")
-        if self.erase_from is not None and not self.erase_from.strip():
-            raise ValueError("erase_from is empty; leave it None to train on the erased concept itself")
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
-        if self.ddim_steps is not None and self.ddim_steps < 1:
-            raise ValueError(f"ddim_steps must be >= 1, got {self.ddim_steps}")
+        if self.erase_from is not None:
+            if not isinstance(self.erase_from, str):
+                raise TypeError(f"ESD erase_from must be a string or None, got {type(self.erase_from).__name__} "
+                                f"{self.erase_from!r}")
+            if not self.erase_from.strip():
+                raise ValueError("erase_from is empty; leave it None to train on the erased concept itself")
+        number(owner, "iterations", self.iterations, low=1, integer=True)
+        number(owner, "lr", self.lr, low=0, low_open=True)
+        if self.ddim_steps is not None:
+            number(owner, "ddim_steps", self.ddim_steps, low=1, integer=True)
         for name in ("negative_guidance", "sample_guidance"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+            number(owner, name, getattr(self, name))
+        number(owner, "seed", self.seed, low=0, integer=True)
 
 
 def _in_set(path: str, method: str) -> bool:
@@ -106,17 +113,19 @@ def parameter_names(wb: Workbench, method: str, layers: Sequence[str] | None = N
     ``layers`` (UNet layer names, e.g. from ``TraceResult.pick_layers()``) narrows any method to the
     parameters inside those layers; ``located`` trains every parameter inside them and needs them.
     """
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown ESD method {method!r}; expected one of {', '.join(METHODS)}")
+    layers = _checks.layer_names("ESD", layers)
     if method == "located" and not layers:
         raise ValueError("method 'located' trains the layers a trace picked: give them (layers=[...])")
     prefixes = None
     if layers is not None:
         prefixes = []
+        takes = "UNet layers of any kind, e.g. from TraceResult.pick_layers() or wb.layers(part='unet')"
         for name in layers:
-            layer = wb.layer(name)  # KeyError with suggestions for a wrong name
+            layer = _checks.layer(wb, "ESD", name, takes)  # a KeyError and ValueError, with suggestions
             if layer.part != "unet":
-                raise ValueError(f"ESD fine-tunes the UNet; layer {name!r} is in the text encoder")
+                raise ValueError(f"ESD fine-tunes the UNet; layer {name!r} is in the text encoder (give {takes})")
             prefixes.append(layer.name + ".")
     names = [f"unet.{path}" for path, _ in wb.unet.named_parameters() if _in_set(path, method)]
     if prefixes is not None:
@@ -145,7 +154,7 @@ class _Trainer:
         for path, tensor in self.trained.items():
             owner, _, attr = path.rpartition(".")
             self._slots.append((wb.unet.get_submodule(owner), attr, tensor))
-        same = req.erase_from is None or req.erase_from == req.erase
+        same = req.erase_from is None or norm(req.erase_from) == norm(req.erase)  # the tokenizer lowercases
         self.from_row = 1 if same else 2  # row of c_from among the frozen predictions
         prompts = ["", req.erase] if same else ["", req.erase, req.erase_from]
         with torch.no_grad():
@@ -228,20 +237,28 @@ class _Trainer:
 
     def load(self, path: Path) -> int:
         """Restore the state saved at ``path``; returns the number of steps it had done."""
-        with safe_open(str(path), "pt") as f:
-            raw = (f.metadata() or {}).get("esd_checkpoint")
-            if raw is None:
-                raise ValueError(f"{str(path)!r} is not an ESD checkpoint")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        info = json.loads(raw)
+        try:
+            with safe_open(str(path), "pt") as f:
+                raw = (f.metadata() or {}).get("esd_checkpoint")
+                tensors = {k: f.get_tensor(k) for k in f.keys()} if raw is not None else {}
+            info = json.loads(raw) if raw is not None else None
+        except Exception as err:  # safetensors' own error types, truncated files, bad JSON
+            raise ValueError(f"{str(path)!r} cannot be read as an ESD checkpoint ({type(err).__name__}: "
+                             f"{' '.join(str(err).split())}); delete it, or pick another checkpoint_dir") from None
         mine = self._identity()
+        if not isinstance(info, dict) or any(k not in info for k in (*mine, "step", "losses")):
+            raise ValueError(f"{str(path)!r} is not an ESD checkpoint")
         for key in ("request", "parameters", "model_fingerprint"):
             if info[key] != mine[key]:
-                what = {"request": f"request {info['request']}", "parameters": "parameter set",
-                        "model_fingerprint": "model weights"}[key]
-                raise ValueError(f"the checkpoint at {str(path)!r} belongs to another run (its {what} differs "
-                                 f"from this one's); resume with the same request and model, or pick another "
-                                 f"checkpoint_dir")
+                if key == "request":
+                    diff = [f"{k} {info[key].get(k)!r} there, {v!r} here" for k, v in mine[key].items()
+                            if info[key].get(k) != v]
+                    what = f"request differs: {'; '.join(diff) or info[key]}"
+                else:
+                    what = {"parameters": "parameter set differs (another method or layers)",
+                            "model_fingerprint": "model weights differ (another model, or an edit applied)"}[key]
+                raise ValueError(f"the checkpoint at {str(path)!r} belongs to another run (its {what}); resume "
+                                 f"with the same request and model, or pick another checkpoint_dir")
         done = int(info["step"])
         if done > self.req.iterations:
             raise ValueError(f"the checkpoint at {str(path)!r} has done {done} steps, more than the "
@@ -274,12 +291,20 @@ def esd(wb: Workbench, request: ESDRequest, layers: Sequence[str] | None = None,
     is never modified.
     """
     req = request
+    if not isinstance(req, ESDRequest):
+        raise TypeError(f"esd needs an ESDRequest, got {type(req).__name__}")
     names = parameter_names(wb, req.method, layers)
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    number("esd", "checkpoint_every", checkpoint_every, low=1, integer=True)
+    if not isinstance(resume, bool):
+        raise TypeError(f"esd resume must be True or False, got {type(resume).__name__} {resume!r}")
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     if resume and ckpt is None:
         raise ValueError("resume=True needs the checkpoint_dir of the interrupted run")
+    if ckpt is not None and ckpt.parent.exists() and not ckpt.parent.is_dir():
+        raise ValueError(f"checkpoint_dir {str(ckpt.parent)!r} is a file; give a folder for the ESD "
+                                 f"checkpoint")
+    if ckpt is not None and ckpt.exists() and not ckpt.is_file():
+        raise ValueError(f"{str(ckpt)!r} is not a file; it cannot hold the ESD checkpoint")
     if ckpt is not None and ckpt.exists() and not resume:
         raise FileExistsError(f"{str(ckpt)!r} holds an earlier run's checkpoint; pass resume=True to continue "
                               f"it, or pick another checkpoint_dir")

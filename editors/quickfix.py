@@ -20,6 +20,8 @@ import torch
 from workbench import WeightDelta, Workbench
 from workbench.layers import edit_targets
 
+from . import _checks
+from ._checks import no_duplicates, norm, number, strings
 from .solve import ridge_solve
 
 TEMPLATES = ["{}", "a picture of {}", "a photo of {}", "an image of {}"]
@@ -40,12 +42,25 @@ class QuickFixRequest:
     preserve_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        owner = "QuickFix"
+        self.sources = strings(owner, "sources", self.sources)
+        self.targets = strings(owner, "targets", self.targets)
         if not self.sources:
             raise ValueError("empty QuickFix request: give at least one source concept")
         if len(self.sources) != len(self.targets):
-            raise ValueError(f"{len(self.sources)} sources but {len(self.targets)} targets")
-        if not self.templates or any("{}" not in t for t in self.templates):
-            raise ValueError("templates must each contain '{}' where the concept goes")
+            raise ValueError(f"{len(self.sources)} sources but {len(self.targets)} targets; give one target per "
+                             f"source")
+        no_duplicates(owner, "sources", self.sources)
+        for i, (source, target) in enumerate(zip(self.sources, self.targets, strict=True)):
+            if norm(source) == norm(target):
+                raise ValueError(f"QuickFix pair {i}: source {source!r} and target {target!r} are the same concept "
+                                 f"(case and spacing are ignored); the edit would change nothing")
+        self.templates = _checks.templates(owner, self.templates)
+        self.preserve_prompts = strings(owner, "preserve_prompts", self.preserve_prompts)
+        number(owner, "lam", self.lam, low=0, low_open=True)
+        number(owner, "preserve_scale", self.preserve_scale, low=0)
+        if not isinstance(self.eos, bool):
+            raise TypeError(f"QuickFix eos must be True or False, got {type(self.eos).__name__} {self.eos!r}")
 
 
 def out_proj_layer(wb: Workbench, layer: str | None) -> str:
@@ -53,9 +68,29 @@ def out_proj_layer(wb: Workbench, layer: str | None) -> str:
     ``self_attn`` or its ``out_proj``) or None (layer 0)."""
     if layer is None:
         return wb.layers("out_proj")[0]
-    return edit_targets([wb.layer(layer)], {"out_proj": [""], "self_attn": ["out_proj"],
-                                            "hidden": ["self_attn.out_proj"]},
+    if not isinstance(layer, str):
+        raise TypeError(f"Diff-QuickFix layer must be a layer name (a string), got {type(layer).__name__} {layer!r}")
+    takes = ("one text-encoder layer: a block text.encoder.layers.i, its self_attn or its self_attn.out_proj, "
+             "e.g. wb.layers('out_proj')")
+    return edit_targets([_checks.layer(wb, "Diff-QuickFix", layer, takes)],
+                        {"out_proj": [""], "self_attn": ["out_proj"], "hidden": ["self_attn.out_proj"]},
                         "Diff-QuickFix", "a text-encoder self-attention output projection")[0]
+
+
+def _check_vocabulary(wb: Workbench, req: QuickFixRequest) -> None:
+    """Every source and target must tokenize and be found in every template (tokenizer only)."""
+    for what, concepts in (("source", req.sources), ("target", req.targets)):
+        for concept in concepts:
+            for template in req.templates:
+                try:
+                    wb.subject_positions(template.format(concept), concept)
+                except ValueError as err:
+                    raise ValueError(f"QuickFix {what} {concept!r}: {err}") from None
+    for i, prompt in enumerate(req.preserve_prompts):
+        try:
+            wb.tokens(prompt)
+        except ValueError as err:
+            raise ValueError(f"QuickFix preserve_prompts[{i}]: {err}") from None
 
 
 def _states(wb: Workbench, layer: str, prompts: list[str], subjects: list[str], eos: bool):
@@ -73,9 +108,13 @@ def _states(wb: Workbench, layer: str, prompts: list[str], subjects: list[str], 
 def quickfix(wb: Workbench, request: QuickFixRequest, layers: Sequence[str] | None = None) -> WeightDelta:
     """Edit one text-encoder ``out_proj`` (the first of ``layers``; layer 0 by default)."""
     req = request
+    if not isinstance(req, QuickFixRequest):
+        raise TypeError(f"quickfix needs a QuickFixRequest, got {type(req).__name__}")
+    layers = _checks.layer_names("Diff-QuickFix", layers)
     if layers is not None and len(layers) != 1:
         raise ValueError(f"Diff-QuickFix edits a single layer; got {len(layers)}: {list(layers)}")
     layer = out_proj_layer(wb, layers[0] if layers else None)
+    _check_vocabulary(wb, req)
     src_prompts = [t.format(s) for s in req.sources for t in req.templates]
     tgt_prompts = [t.format(d) for d in req.targets for t in req.templates]
     src_subjects = [s for s in req.sources for _ in req.templates]

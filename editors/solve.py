@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import number
+
 
 def _finite(name: str, t: torch.Tensor | None) -> None:
     if t is not None and not torch.isfinite(t).all():
@@ -36,8 +38,10 @@ def ridge_solve(w_old: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
         raise ValueError(f"values must be ({keys.shape[0]} × {d_out}), got {tuple(values.shape)}")
     if preserve_keys is not None and (preserve_keys.ndim != 2 or preserve_keys.shape[1] != d_in):
         raise ValueError(f"preserve_keys must be (m × {d_in}), got {tuple(preserve_keys.shape)}")
-    if lam < 0 or edit_scale < 0 or preserve_scale < 0:
-        raise ValueError("lam, edit_scale and preserve_scale must be >= 0")
+    for name, value in (("lam", lam), ("edit_scale", edit_scale), ("preserve_scale", preserve_scale)):
+        number("ridge_solve", name, value, low=0)
+    if preserve_cov is not None and tuple(preserve_cov.shape) != (d_in, d_in):
+        raise ValueError(f"preserve_cov must be ({d_in} × {d_in}), got {tuple(preserve_cov.shape)}")
     for name, t in (("w_old", w_old), ("keys", keys), ("values", values), ("preserve_keys", preserve_keys),
                     ("preserve_cov", preserve_cov)):
         _finite(name, t)
@@ -55,8 +59,22 @@ def ridge_solve(w_old: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
         cov = cov + preserve_cov.double()
     lhs = lhs + preserve_scale * cov
     rhs = rhs + preserve_scale * (w @ cov)
+    singular = (f"the ridge system is singular ({keys.shape[0]} edit key(s)"
+                f"{f', {preserve_keys.shape[0]} preserve key(s)' if preserve_keys is not None else ''}"
+                f"{', a preserve covariance' if preserve_cov is not None else ''} for {d_in} input dimensions, "
+                f"lam={lam:g}); use a larger lam (> 0, e.g. 0.1)")
+    # lam > 0 keeps lhs positive definite. A lam that is zero, or below float64 resolution next to the Gram
+    # matrices, leaves it as singular as Σ k kᵀ: check the spectrum (only then; the bound on the largest
+    # eigenvalue is the trace).
+    if lam <= float(lhs.diagonal().sum()) * d_in * torch.finfo(torch.float64).eps:
+        eig = torch.linalg.eigvalsh(lhs)
+        if not eig[0] > eig[-1] * d_in * torch.finfo(torch.float64).eps:
+            raise ValueError(singular)
     # W lhs = rhs with lhs symmetric  <=>  lhs Wᵀ = rhsᵀ
-    new = torch.linalg.solve(lhs, rhs.T).T
+    try:
+        new = torch.linalg.solve(lhs, rhs.T).T
+    except torch.linalg.LinAlgError as err:
+        raise ValueError(singular) from err
     if not torch.isfinite(new).all():
-        raise ValueError("the solve produced NaN or inf (is the system singular? use lam > 0)")
+        raise ValueError(f"the solve produced NaN or inf: {singular}")
     return new.to(w_old.dtype)

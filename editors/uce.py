@@ -4,11 +4,16 @@ generating and measuring), with a preserve set whose outputs must stay.
 
 Keys are text-encoder outputs at the concept's last token (UCE's second release; ``tokens="to_end"``
 takes the last subject token through the end-of-text/padding positions, as its first release did).
+
+Debiasing measures attributes with an ``attribute_scorer(images) -> {attribute name: (B,) probabilities}``
+and matches the request's attributes to the scorer's by name (ignoring case and spacing), never by
+position; :func:`named_attribute_scorer` wraps a scorer that returns (B, n) columns in a known order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -17,12 +22,45 @@ from tqdm.auto import tqdm
 from workbench import WeightDelta, Workbench
 from workbench.layers import edit_targets
 
+from . import _checks
+from ._checks import disjoint, no_duplicates, norm, number, strings, text
 from .solve import ridge_solve
+
+AttributeScorer = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
+RATIO_TOLERANCE = 1e-6  # how far a concept's requested ratios may sum from 1
+DEBIAS_FORM = "CONCEPT:ATTRIBUTE=RATIO,ATTRIBUTE=RATIO (e.g. 'doctor:warm=0.5,cool=0.5')"
+
+
+def _check_ratios(concept: str, ratios: object) -> dict[str, float]:
+    """One debias entry, {attribute: ratio}: non-empty attribute names given once, ratios finite, >= 0 and
+    summing to 1. A single attribute is allowed (its ratio is then 1: every image of the concept should
+    carry it; the scorer's other attributes are implied 0)."""
+    owner = f"UCE debias[{concept!r}]"
+    if not isinstance(ratios, Mapping):
+        raise TypeError(f"{owner} must be a dict {{attribute: ratio}}, got {type(ratios).__name__} {ratios!r}")
+    if not ratios:
+        raise ValueError(f"{owner} names no attribute; expected {{attribute: ratio, ...}} with ratios summing to 1")
+    for a, r in ratios.items():
+        text(owner, "attribute", a)
+        number(owner, f"ratio of {a!r}", r, low=0, high=1)
+    no_duplicates(owner, "attributes", list(ratios))
+    total = math.fsum(float(r) for r in ratios.values())
+    if abs(total - 1) > RATIO_TOLERANCE:
+        shown = ", ".join(f"{a}={float(r):g}" for a, r in ratios.items())
+        raise ValueError(f"{owner}: the ratios ({shown}) sum to {total:g}; they must sum to 1 (they are the "
+                         f"shares of the concept's images that should carry each attribute)")
+    return {a: float(r) for a, r in ratios.items()}
 
 
 @dataclass
 class UCERequest:
-    """What to change. Concepts are prompts/phrases in the model's vocabulary."""
+    """What to change. Concepts are prompts/phrases in the model's vocabulary.
+
+    ``debias`` maps a concept to the share of its images that should carry each attribute, e.g.
+    ``{"doctor": {"warm": 0.5, "cool": 0.5}}``: ratios >= 0 summing to 1, attributes named as the
+    attribute scorer names them (see :func:`uce`). Concepts are compared ignoring case and spacing: a
+    concept given twice in one list, or in two of erase / moderate / debias / preserve, is refused.
+    """
 
     erase: list[str] = field(default_factory=list)
     guides: list[str] | None = None  # one per erased concept; "" (the empty prompt) by default
@@ -40,23 +78,122 @@ class UCERequest:
     templates: list[str] = field(default_factory=lambda: ["{}"])  # contexts the keys are read in
 
     def __post_init__(self) -> None:
+        owner = "UCE"
+        for name in ("erase", "moderate", "preserve", "preserve_prompts"):
+            setattr(self, name, strings(owner, name, getattr(self, name)))
+        if not isinstance(self.debias, Mapping):
+            raise TypeError(f"UCE debias must be a dict {{concept: {{attribute: ratio}}}}, got "
+                            f"{type(self.debias).__name__} {self.debias!r}")
+        for concept in self.debias:
+            text(owner, "debias concept", concept)
+        self.debias = {c: _check_ratios(c, r) for c, r in self.debias.items()}
         if not (self.erase or self.moderate or self.debias):
             raise ValueError("empty UCE request: give concepts to erase, moderate or debias")
-        if self.guides is not None and len(self.guides) != len(self.erase):
-            raise ValueError(f"{len(self.guides)} guide concepts for {len(self.erase)} erased concepts")
+        if self.guides is not None:
+            self.guides = strings(owner, "guides", self.guides, blank=True)  # "" is the empty prompt
+            if len(self.guides) != len(self.erase):
+                raise ValueError(f"{len(self.guides)} guide concepts for {len(self.erase)} erased concepts; give "
+                                 f"one guide per erased concept (\"\" for the empty prompt)")
+        for name in ("erase", "moderate", "debias", "preserve"):
+            no_duplicates(owner, name, list(getattr(self, name)))
+        disjoint(owner, {"erase": self.erase, "moderate": self.moderate, "debias": list(self.debias),
+                         "preserve": self.preserve})
+        number(owner, "lam", self.lam, low=0, low_open=True)
+        number(owner, "erase_scale", self.erase_scale, low=0, low_open=True)  # 0 would make the edit a no-op
+        number(owner, "preserve_scale", self.preserve_scale, low=0)
         if self.tokens not in ("last", "to_end"):
             raise ValueError(f"tokens must be 'last' or 'to_end', got {self.tokens!r}")
-        if not self.templates or any(t.count("{}") != 1 for t in self.templates):
-            raise ValueError(f"templates must each contain '{{}}' once where the concept goes, got {self.templates}")
+        self.templates = _checks.templates(owner, self.templates)
+
+
+def parse_debias(spec: str) -> tuple[str, dict[str, float]]:
+    """``"doctor:warm=0.5,cool=0.5"`` -> ``("doctor", {"warm": 0.5, "cool": 0.5})``, checked as
+    :class:`UCERequest` checks its ``debias`` entries (ratios >= 0 summing to 1, no attribute twice)."""
+    if not isinstance(spec, str):
+        raise TypeError(f"debias spec must be a string of the form {DEBIAS_FORM}, got {type(spec).__name__}")
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"debias spec {spec!r}: {why}; expected {DEBIAS_FORM}")
+
+    if spec.count(":") != 1:
+        raise bad("no ':' between the concept and its ratios" if ":" not in spec else "more than one ':'")
+    concept, _, rest = (part.strip() for part in spec.partition(":"))
+    concept = " ".join(concept.split())
+    if not concept:
+        raise bad("no concept before ':'")
+    if not rest:
+        raise bad(f"no ATTRIBUTE=RATIO after {concept + ':'!r}")
+    ratios: dict[str, float] = {}
+    for item in rest.split(","):
+        item = item.strip()
+        if not item:
+            raise bad("an empty ATTRIBUTE=RATIO item (a stray ',')")
+        if item.count("=") != 1:
+            raise bad(f"{item!r} is not ATTRIBUTE=RATIO")
+        attribute, _, value = (part.strip() for part in item.partition("="))
+        attribute = " ".join(attribute.split())
+        if not attribute:
+            raise bad(f"no attribute name in {item!r}")
+        try:
+            ratio = float(value)
+        except ValueError:
+            raise bad(f"the ratio of {attribute!r} is {value!r}, not a number") from None
+        if any(norm(a) == norm(attribute) for a in ratios):
+            raise bad(f"attribute {attribute!r} is given twice")
+        ratios[attribute] = ratio
+    try:
+        return concept, _check_ratios(concept, ratios)
+    except (TypeError, ValueError) as err:
+        raise bad(str(err)) from None
+
+
+def parse_debias_specs(specs: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Several :func:`parse_debias` specs as a ``UCERequest.debias`` dict; a concept given twice (ignoring case
+    and spacing) is refused instead of the later spec silently replacing the earlier."""
+    out: dict[str, dict[str, float]] = {}
+    for spec in strings("UCE", "debias specs", specs):
+        concept, ratios = parse_debias(spec)
+        earlier = next((c for c in out if norm(c) == norm(concept)), None)
+        if earlier is not None:
+            raise ValueError(f"debias spec {spec!r}: concept {concept!r} already has ratios "
+                             f"({', '.join(f'{a}={r:g}' for a, r in out[earlier].items())}); give each concept once")
+        out[concept] = ratios
+    return out
+
+
+def named_attribute_scorer(score_fn: Callable[[torch.Tensor], torch.Tensor],
+                           names: Sequence[str]) -> AttributeScorer:
+    """Adapt ``score_fn(images) -> (B, n)`` probabilities whose columns are ``names`` (in that order) to the
+    attribute-scorer contract: ``images -> {name: (B,) probabilities}``. E.g. the toy world's
+    ``named_attribute_scorer(lambda im: classifier.score(im)["attribute"], world.ATTRIBUTES)``."""
+    names = strings("named_attribute_scorer", "names", names)
+    if not names:
+        raise ValueError("named_attribute_scorer: names is empty; give the name of each column score_fn returns")
+    no_duplicates("named_attribute_scorer", "names", names)
+    if not callable(score_fn):
+        raise TypeError(f"named_attribute_scorer: score_fn must be callable, got {type(score_fn).__name__}")
+
+    def scorer(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        p = score_fn(images)
+        if not isinstance(p, torch.Tensor) or p.ndim != 2 or p.shape[1] != len(names):
+            shape = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
+            raise ValueError(f"named_attribute_scorer: score_fn returned {shape}, expected (B, {len(names)}) "
+                             f"probabilities with columns {names}")
+        return {name: p[:, i] for i, name in enumerate(names)}
+
+    return scorer
 
 
 def kv_parameters(wb: Workbench, layers: Sequence[str] | None) -> list[str]:
     """Weight names of the cross-attention key/value projections to edit (all ``attn2`` by default)."""
+    accepts = {"attn2": ["to_k.weight", "to_v.weight"], "to_k": ["weight"], "to_v": ["weight"]}
+    layers = _checks.layer_names("UCE", layers)
     if layers is None:
         layers = wb.layers("attn2")
-    return edit_targets([wb.layer(name) for name in layers],
-                        {"attn2": ["to_k.weight", "to_v.weight"], "to_k": ["weight"], "to_v": ["weight"]},
-                        "UCE", "cross-attention key/value projections")
+    takes = "UNet cross-attention layers: attn2, or its to_k / to_v, e.g. wb.layers('attn2')"
+    names = edit_targets([_checks.layer(wb, "UCE", name, takes) for name in layers], accepts, "UCE",
+                         "cross-attention key/value projections")
+    return list(dict.fromkeys(names))  # an attn2 and its own to_k given together: edit it once
 
 
 def _anchor(wb: Workbench, template: str, concept: str) -> int:
@@ -124,18 +261,93 @@ def _solve_all(wb: Workbench, params: list[str], keys: torch.Tensor, targets: to
     return new
 
 
+def _check_vocabulary(wb: Workbench, req: UCERequest) -> None:
+    """Every concept must tokenize and be found in every template, every preserve prompt must tokenize:
+    checked on the tokenizer alone, before any key is computed."""
+    guides = [g for g in req.guides or [] if g.strip()]
+    groups = [("erase", req.erase), ("guide", guides), ("moderate", req.moderate), ("debias", list(req.debias)),
+              ("preserve", req.preserve)]
+    groups += [(f"debias[{c!r}] attribute", list(ratios)) for c, ratios in req.debias.items()]
+    for what, concepts in groups:
+        for concept in concepts:
+            for template in req.templates:
+                try:
+                    _anchor(wb, template, concept)
+                except ValueError as err:
+                    raise ValueError(f"UCE {what} concept {concept!r}: {err}") from None
+    for i, prompt in enumerate(req.preserve_prompts):
+        try:
+            wb.tokens(prompt)
+        except ValueError as err:
+            raise ValueError(f"UCE preserve_prompts[{i}]: {err}") from None
+
+
+def _measure(scorer: AttributeScorer, images: torch.Tensor, concept: str, attributes: list[str]) -> torch.Tensor:
+    """Mean probability of each of ``attributes`` (matched to the scorer's names ignoring case and spacing)
+    over ``images``; refuses output that breaks the scorer contract, naming what is wrong."""
+    scores = scorer(images)
+    if not isinstance(scores, Mapping):
+        shape = f" of shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else ""
+        raise TypeError(f"attribute_scorer must return a mapping {{attribute name: (B,) probabilities}}, got "
+                        f"{type(scores).__name__}{shape}; wrap a scorer of (B, n) columns with "
+                        f"named_attribute_scorer(fn, names)")
+    by_key: dict[str, str] = {}
+    for name in scores:
+        if not isinstance(name, str):
+            raise TypeError(f"attribute_scorer returned a non-string attribute name {name!r}")
+        if norm(name) in by_key:
+            raise ValueError(f"attribute_scorer reports {by_key[norm(name)]!r} and {name!r}, the same attribute "
+                             f"ignoring case and spacing")
+        by_key[norm(name)] = name
+    missing = [a for a in attributes if norm(a) not in by_key]
+    if missing:
+        raise ValueError(f"UCE debias[{concept!r}] asks for attribute {missing[0]!r}, which the attribute scorer "
+                         f"does not report (it reports {', '.join(map(repr, scores)) or 'nothing'}); name the "
+                         f"attributes as the scorer does")
+    means = []
+    for a in attributes:
+        name = by_key[norm(a)]
+        p = torch.as_tensor(scores[name]).detach().float().cpu()
+        if tuple(p.shape) != (len(images),):
+            raise ValueError(f"attribute_scorer's {name!r} has shape {tuple(p.shape)}; expected ({len(images)},), "
+                             f"one probability per image")
+        if not (torch.isfinite(p).all() and (p >= -1e-6).all() and (p <= 1 + 1e-6).all()):
+            raise ValueError(f"attribute_scorer's {name!r} holds values outside [0, 1] or NaN (min "
+                             f"{float(p.min()):g}, max {float(p.max()):g}); expected probabilities")
+        means.append(p.mean())
+    return torch.stack(means)
+
+
 def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None, *,
-        attribute_scorer: Callable[[torch.Tensor], torch.Tensor] | None = None, debias_samples: int = 64,
+        attribute_scorer: AttributeScorer | None = None, debias_samples: int = 64,
         max_rounds: int = 30, tolerance: float = 0.05, seed: int = 0, progress: bool = True) -> WeightDelta:
     """Edit ``to_k``/``to_v`` of the given ``attn2`` layers (all by default) and return the WeightDelta.
 
-    Debiasing needs ``attribute_scorer(images) -> (B, n_attributes)`` probabilities in the order of the
-    request's attribute dict; α is raised by the measured gap each round (as UCE does) until every gap is
-    below ``tolerance`` or ``max_rounds`` is reached. Each round generates ``debias_samples`` images of the
-    concept in the request's templates, on the same seeds; the round with the smallest gap is returned.
+    Debiasing needs ``attribute_scorer(images) -> {attribute name: (B,) probabilities}`` (a mapping; wrap a
+    scorer of (B, n) columns with :func:`named_attribute_scorer`). Each requested attribute is looked up by
+    name, ignoring case and spacing; one the scorer does not report is refused at the first scoring. α is
+    raised by the measured gap each round (as UCE does) until every gap is below ``tolerance`` or
+    ``max_rounds`` is reached. Each round generates ``debias_samples`` images of the concept in the
+    request's templates, on the same seeds; the round with the smallest gap is returned. Rounds apply their
+    candidate edit to ``wb`` only while sampling and always revert it: ``wb`` is left as it was, also when
+    sampling or the scorer fails. Metadata ``debias_history`` holds, per round and concept, the measured
+    ``ratios`` and the ``alpha`` used, each as {attribute: value}.
     """
     req = request
+    if not isinstance(req, UCERequest):
+        raise TypeError(f"uce needs a UCERequest, got {type(req).__name__}")
     params = kv_parameters(wb, layers)
+    if req.debias:
+        if attribute_scorer is None:
+            raise ValueError("debiasing needs attribute_scorer=<callable images -> {attribute name: (B,) "
+                             "probabilities}>")
+        if not callable(attribute_scorer):
+            raise TypeError(f"attribute_scorer must be callable, got {type(attribute_scorer).__name__}")
+        number("uce", "debias_samples", debias_samples, low=1, integer=True)
+        number("uce", "max_rounds", max_rounds, low=1, integer=True)
+        number("uce", "tolerance", tolerance, low=0)
+        number("uce", "seed", seed, low=0, integer=True)
+    _check_vocabulary(wb, req)
     guides = req.guides if req.guides is not None else [""] * len(req.erase)
     sources = list(req.erase) + list(req.moderate)
     targets = list(guides) + [""] * len(req.moderate)
@@ -151,10 +363,9 @@ def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None,
     if not req.debias:
         return WeightDelta.capture(wb, _solve_all(wb, params, keys, target_keys, preserve, req), **meta)
 
-    if attribute_scorer is None:
-        raise ValueError("debiasing needs attribute_scorer=<callable images -> attribute probabilities>")
     concepts = list(req.debias)
     attrs = {c: list(req.debias[c]) for c in concepts}
+    want = {c: torch.tensor([req.debias[c][a] for a in attrs[c]]) for c in concepts}
     # Keys at the concept's last token in every template context; attributes read in the same contexts.
     c_keys = {c: torch.cat(concept_keys(wb, [c], "last", req.templates)[0]) for c in concepts}
     a_keys = {c: torch.stack([torch.cat(k) for k in concept_keys(wb, attrs[c], "last", req.templates)])
@@ -168,18 +379,17 @@ def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None,
         all_keys = torch.cat([k for k in (keys, *[c_keys[c] for c in concepts]) if k is not None])
         all_targets = torch.cat([t for t in (target_keys, *debias_targets) if t is not None])
         delta = WeightDelta.capture(wb, _solve_all(wb, params, all_keys, all_targets, preserve, req), **meta)
-        gaps = {}
-        with delta.applied(wb):
+        measured = {}
+        with delta.applied(wb):  # reverted on the way out, whatever happens inside
             for c in concepts:
                 # The same seeds every round (common random numbers): round-to-round changes in the measured
                 # ratio then come from α, not from resampling noise.
                 prompts = [_fill(req.templates[i % len(req.templates)], c) for i in range(debias_samples)]
                 images = wb.sample(prompts, seed=seed, batch_size=debias_samples)
-                ratios = attribute_scorer(images).float().mean(0)
-                want = torch.tensor([req.debias[c][a] for a in attrs[c]])
-                gaps[c] = want - ratios
-        history.append({c: {"ratios": (torch.tensor([req.debias[c][a] for a in attrs[c]]) - g).tolist(),
-                            "alpha": alpha[c].tolist()} for c, g in gaps.items()})
+                measured[c] = _measure(attribute_scorer, images, c, attrs[c])
+        gaps = {c: want[c] - measured[c] for c in concepts}
+        history.append({c: {"ratios": dict(zip(attrs[c], measured[c].tolist(), strict=True)),
+                            "alpha": dict(zip(attrs[c], alpha[c].tolist(), strict=True))} for c in concepts})
         gap = max(float(g.abs().max()) for g in gaps.values())
         if gap < best_gap:
             best, best_gap = delta, gap
@@ -188,6 +398,7 @@ def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None,
             break
         for c in concepts:
             alpha[c] = alpha[c] + gaps[c]
+    bar.close()
     delta = best
     delta.metadata["debias_best_gap"] = best_gap
     delta.metadata["debias_history"] = history

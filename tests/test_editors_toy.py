@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from editors import QuickFixRequest, UCERequest, quickfix, uce
+from editors.uce import named_attribute_scorer
 from tracing import trace_text_encoder
 from workbench import Workbench
 from workbench.evaluate import evaluate, rates
@@ -71,9 +72,7 @@ def test_uce_moderates_every_hazard_word(toy):
 
 
 def test_uce_debiases_a_profession(toy):
-    def warm_cool(images):
-        return classifier.score(images)["attribute"]
-
+    warm_cool = named_attribute_scorer(lambda images: classifier.score(images)["attribute"], world.ATTRIBUTES)
     delta = uce(toy, UCERequest(debias={"doctor": {"warm": 0.5, "cool": 0.5}},
                                 templates=["{}", "a {}", "a photo of a {}", "an image of a {}"],
                                 preserve=[p for p in world.PROFESSIONS if p != "doctor"]),
