@@ -130,19 +130,9 @@ def _edit_layers(args: argparse.Namespace, wb) -> list[str] | None:
     return layers
 
 
-def _toy_attribute_scorer():
-    from .toy import classifier, world
-
-    def scorer(images):
-        probs = classifier.score(images)["attribute"]
-        return {name: probs[:, i] for i, name in enumerate(world.ATTRIBUTES)}
-
-    return scorer
-
-
 def cmd_edit(args: argparse.Namespace) -> int:
     from editors import EMCIDRequest, ESDRequest, QuickFixRequest, UCERequest, emcid, esd, quickfix, uce
-    from editors.uce import parse_debias
+    from editors.uce import named_attribute_scorer, parse_debias_specs
 
     from .model import TOY_WORLDS
 
@@ -150,12 +140,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     _outputs(args, wb, args.out)
     layers = _edit_layers(args, wb)
     if args.editor == "uce":
-        debias = {}
-        for spec in args.debias or []:
-            concept, ratios = parse_debias(spec)
-            if concept in debias:
-                raise ValueError(f"--debias {spec!r}: {concept!r} is already debiased by another --debias")
-            debias[concept] = ratios
+        debias = parse_debias_specs(args.debias or [])
         request = UCERequest(erase=args.erase or [], guides=args.guide, moderate=args.moderate or [],
                              debias=debias, preserve=args.preserve or [], lam=args.lam if args.lam is not None
                              else 0.5, erase_scale=args.erase_scale, preserve_scale=args.preserve_scale)
@@ -163,7 +148,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
         if debias:
             if args.model not in TOY_WORLDS.values():
                 raise ValueError("--debias from the CLI needs the toy world's attribute scorer (--model toy)")
-            scorer = _toy_attribute_scorer()
+            from .toy import classifier, world
+
+            scorer = named_attribute_scorer(lambda images: classifier.score(images)["attribute"], world.ATTRIBUTES)
         delta = uce(wb, request, layers, attribute_scorer=scorer)
     elif args.editor == "esd":
         if not args.erase or len(args.erase) != 1:
