@@ -143,3 +143,42 @@ def test_cross_attention_maps_match_plain_generation():
     assert maps.word(0, "van gogh").shape == (8, 8)
     with pytest.raises(ValueError, match="not found in prompt"):
         maps.word(1, "dog")
+
+
+def test_unique_rows_is_exact():
+    from tracing.metrics import unique_rows
+
+    next_up = float(torch.nextafter(torch.tensor(2.0), torch.tensor(3.0)))
+    x = torch.tensor([[1.0, 2.0], [0.0, 0.0], [1.0, 2.0], [-0.0, 0.0], [1.0, next_up], [0.0, 0.0]])
+    first, inverse = unique_rows(x)
+    assert first == [0, 1, 3, 4]  # -0.0 and 0.0 differ in their bits, and so do 2 and the next float
+    assert inverse.tolist() == [0, 1, 0, 2, 3, 1]
+    assert torch.equal(x[first][inverse].view(torch.int32), x.view(torch.int32))
+    first, inverse = unique_rows(x, keys=[0, 0, 1, 0, 0, 0])  # rows with different keys never merge
+    assert first == [0, 1, 2, 3, 4] and inverse.tolist() == [0, 1, 2, 3, 4, 1]
+
+
+@pytest.mark.parametrize("metric", ["proxy", "faithful"])
+def test_text_dedupe_changes_no_number(metric, monkeypatch):
+    """Restored runs whose text states equal another row's go through the UNet once: same result, bit for bit."""
+    import tracing.text as text
+
+    wb = Workbench.random("tiny", seed=0, vae=False)
+    ref = wb.sample(PROMPT, seed=0, steps=2)
+    kw = dict(metric=metric, samples=2, steps=2, tokens=list(range(7)), progress=False)
+    if metric == "faithful":
+        kw["scorer"] = lambda images: -(images - ref).flatten(1).norm(dim=1)
+    deduped = trace_text_encoder(wb, PROMPT, SUBJECT, **kw)
+    monkeypatch.setattr(text, "unique_rows", lambda x, keys=None: (list(range(x.shape[0])), torch.arange(x.shape[0])))
+    plain = trace_text_encoder(wb, PROMPT, SUBJECT, **kw)
+    assert torch.equal(deduped.scores, plain.scores) and torch.equal(deduped.spread, plain.spread)
+    assert deduped.clean == plain.clean and deduped.corrupted == plain.corrupted
+    done = deduped.settings["rows_per_forward"]
+    key = "unet_rows" if metric == "proxy" else "generations"
+    # the 4 positions before the subject, in every row, equal the corrupted run (causal encoder)
+    assert done[key] < done[f"{key}_without_dedupe"] == plain.settings["rows_per_forward"][key]
+    assert done[f"{key}_without_dedupe"] - done[key] >= 4 * len(deduped.rows) * 2 * (3 if metric == "proxy" else 1)
+    # restoring before the subject restores nothing: exactly for the proxy (the same UNet output as the
+    # corrupted run); faithful compares with the mean corrupted score, a rounding away
+    before = deduped.scores[:, :4]
+    assert torch.equal(before, torch.zeros_like(before)) if metric == "proxy" else before.abs().max() < 1e-5

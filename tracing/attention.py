@@ -79,8 +79,9 @@ class AttentionMaps:
 
 def cross_attention_maps(wb: Workbench, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, *,
                          steps: int | None = None, guidance: float | None = None,
-                         layers: Sequence[str] | None = None) -> AttentionMaps:
-    """Generate ``prompts`` and record where every token's cross-attention lands."""
+                         layers: Sequence[str] | None = None, progress: bool = True) -> AttentionMaps:
+    """Generate ``prompts`` and record where every token's cross-attention lands (one generation, with its
+    per-step bar unless ``progress=False``)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     layers = list(layers) if layers is not None else wb.layers("attn2")
     store: dict[str, torch.Tensor] = {}
@@ -89,7 +90,7 @@ def cross_attention_maps(wb: Workbench, prompts: str | Sequence[str], seed: int 
                  for name in layers}
     wb.unet.set_attn_processor({k: recording.get(k, v) for k, v in original.items()})
     try:
-        gen = wb.generate(prompts, seed, steps=steps, guidance=guidance)
+        gen = wb.generate(prompts, seed, steps=steps, guidance=guidance, progress=progress)
     finally:
         wb.unet.set_attn_processor(original)
     size = gen.images.shape[-1]

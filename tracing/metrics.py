@@ -9,6 +9,7 @@ faithful: generate images from the restored run and score the subject's concept 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -45,12 +46,21 @@ def normalized_effect(restored: torch.Tensor, clean: float, corrupted: float) ->
 
 
 def noised_latents(wb: Workbench, prompt: str, seeds: Sequence[int], timesteps: Sequence[int], *,
-                   steps: int | None = None, guidance: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   steps: int | None = None, guidance: float | None = None, batch_size: int | None = None,
+                   progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t for each (seed, timestep): a clean generation of ``prompt`` noised to ``t`` with seeded noise.
 
-    Noising a clean sample keeps x_t on the data the model actually meets, unlike pure noise.
+    Noising a clean sample keeps x_t on the data the model actually meets, unlike pure noise. The
+    generation runs in chunks of ``batch_size`` prompts (default: what fits in memory), each with its
+    per-step bar.
     """
-    x0 = wb.generate([prompt] * len(seeds), list(seeds), steps=steps, guidance=guidance).latents
+    seeds = list(seeds)
+    per = batch_rows(wb, "generate", batch_size)
+    # Only the latents are needed: skip the image decoder where generate() allows it (a 512×512 KL decode
+    # takes tens of seconds per image on a CPU).
+    skip = {"decode": False} if "decode" in inspect.signature(wb.generate).parameters else {}
+    x0 = torch.cat([wb.generate([prompt] * len(c), seeds[c.start:c.stop], steps=steps, guidance=guidance,
+                                progress=progress, **skip).latents for c in chunks(len(seeds), per)])
     noise = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(10_000 + s))
                          for s in seeds]).to(x0)
     t = torch.as_tensor(list(timesteps), device=x0.device)
@@ -90,3 +100,46 @@ def _ranks(x: torch.Tensor) -> torch.Tensor:
 
 def chunks(n: int, size: int) -> list[range]:
     return [range(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+# Automatic batches are capped at the old fixed default: on small models more rows buy nothing, and a
+# chunk is the unit a progress bar advances by.
+MAX_AUTO_ROWS = 512
+
+
+def batch_rows(wb: Workbench, part: str, batch_size: int | None, *, extra_per_row: int = 0) -> int:
+    """Rows per forward: ``batch_size`` when given, else what :func:`workbench.memory.rows_per_batch` says
+    fits now (at most :data:`MAX_AUTO_ROWS`)."""
+    if batch_size is not None:
+        return int(batch_size)
+    from workbench.memory import rows_per_batch
+
+    return max(1, min(MAX_AUTO_ROWS, rows_per_batch(wb, part, extra_per_row=extra_per_row)))
+
+
+def unique_rows(x: torch.Tensor, keys: Sequence[object] | None = None) -> tuple[list[int], torch.Tensor]:
+    """Rows of ``x`` that are bit-identical (and share ``keys[i]``, when given) collapse to their first one.
+
+    Returns (the first row of each distinct group, in order; ``inverse`` with ``x[i] == x[first[inverse[i]]]``).
+    Exact: rows are compared by their bytes (a hash finds candidates, ``torch.equal`` on the raw bits
+    confirms), never by tolerance, so running only the first rows and scattering back changes no number.
+    """
+    import hashlib
+
+    flat = x.detach().reshape(x.shape[0], -1).contiguous().cpu()
+    bits = flat.view(torch.uint8) if flat.numel() else flat
+    first: list[int] = []
+    groups: dict[tuple, list[int]] = {}  # (key, digest) -> indices into ``first``
+    inverse = torch.empty(x.shape[0], dtype=torch.long)
+    for i in range(x.shape[0]):
+        row = bits[i]
+        key = (None if keys is None else keys[i], hashlib.blake2b(row.numpy().tobytes(), digest_size=16).digest())
+        for g in groups.get(key, ()):
+            if torch.equal(row, bits[first[g]]):
+                inverse[i] = g
+                break
+        else:
+            groups.setdefault(key, []).append(len(first))
+            inverse[i] = len(first)
+            first.append(i)
+    return first, inverse

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from workbench.files import atomic_write
-
 # ROME's token categories, used to average text-encoder maps over prompts of different lengths.
 TOKEN_GROUPS = ["first subject", "middle subject", "last subject", "first after", "further tokens", "last token"]
+TRACE_FILES = ("result.json", "scores.safetensors", "heatmap.png")  # what a trace folder may hold
 
 
 @dataclass
@@ -71,8 +71,9 @@ class TraceResult:
 
     def pick_layers(self, k: int = 1, by: str | None = None) -> list[str]:
         """The ``k`` most causal layers, strongest first."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        from .checks import whole
+
+        whole("k (the number of layers to pick)", k)
         order = torch.argsort(self.ranking(by), descending=True, stable=True)
         return [self.rows[i] for i in order[:k].tolist()]
 
@@ -136,26 +137,89 @@ class TraceResult:
                            seconds=self.seconds)
 
     # ------------------------------------------------------------------ files
-    def save(self, folder: str | os.PathLike) -> Path:
-        """``folder/result.json`` + ``folder/scores.safetensors``, each written atomically."""
+    def save(self, folder: str | os.PathLike, *, overwrite: bool = False, heatmap: bool = False) -> Path:
+        """``folder/result.json`` + ``folder/scores.safetensors`` (+ ``heatmap.png`` when ``heatmap``).
+
+        All files are written into a temporary sibling folder that is then renamed into place, so a
+        failure leaves nothing half-written. An existing non-empty ``folder`` is refused unless
+        ``overwrite``, and even then it is replaced only when it holds nothing but files a trace writes
+        (``result.json``, ``scores.safetensors``, ``heatmap.png``): a folder with anything else in it is never
+        deleted. Files and folders get the usual permissions (0666 / 0777 less the umask).
+        """
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir() or folder.is_symlink():
+                raise FileExistsError(f"{str(folder)!r} exists and is not a folder; pick another path")
+            present = sorted(p.name for p in folder.iterdir())
+            if present and not overwrite:
+                raise FileExistsError(f"{str(folder)!r} exists and is not empty; pass overwrite=True or pick "
+                                      f"another folder")
+            foreign = [n for n in present if n not in TRACE_FILES or not (folder / n).is_file()
+                       or (folder / n).is_symlink()]
+            if foreign:
+                raise FileExistsError(f"refusing to replace {str(folder)!r}: it holds files a trace does not "
+                                      f"write ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''})")
         meta = {k: v for k, v in asdict(self).items() if k not in ("scores", "spread")}
-        tensors = {"scores": self.scores.float().contiguous()}
+        tensors = {"scores": self.scores.detach().float().cpu().contiguous()}
         if self.spread is not None:
-            tensors["spread"] = self.spread.float().contiguous()
-        atomic_write(folder / "scores.safetensors", lambda p: save_file(tensors, p))
-        atomic_write(folder / "result.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2, default=str)))
+            tensors["spread"] = self.spread.detach().float().cpu().contiguous()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())
+            save_file(tensors, str(tmp / "scores.safetensors"))
+            (tmp / "result.json").write_text(json.dumps(meta, indent=2, default=str))
+            if heatmap:
+                from .plot import save_heatmap
+
+                save_heatmap(self, tmp / "heatmap.png")
+            for f in tmp.iterdir():
+                os.chmod(f, 0o666 & ~_umask())
+            _swap_in(tmp, folder)
+        except BaseException:
+            _remove_trace_folder(tmp)
+            raise
         return folder
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> TraceResult:
+        """A result written by :meth:`save`; clear errors naming the file for anything else."""
         folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"trace folder {str(folder)!r} does not exist" if not folder.exists()
+                                    else f"{str(folder)!r} is a file, not a trace folder")
         for name in ("result.json", "scores.safetensors"):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{str(folder)!r} holds no trace result: {name} is missing")
-        meta = json.loads((folder / "result.json").read_text())
-        tensors = load_file(str(folder / "scores.safetensors"))
+        path = folder / "result.json"
+        try:
+            meta = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{str(path)!r} must hold a JSON object, got {type(meta).__name__}")
+        known = {f.name for f in fields(cls)} - {"scores", "spread"}
+        needed = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING} - {"scores"}
+        missing, unknown = sorted(needed - set(meta)), sorted(set(meta) - known)
+        if missing or unknown:
+            raise ValueError(f"{str(path)!r} is not a trace result: "
+                             + "; ".join(([f"missing {', '.join(missing)}"] if missing else [])
+                                         + ([f"unknown {', '.join(unknown)}"] if unknown else [])))
+        for key in ("rows", "cols"):
+            if not isinstance(meta[key], list) or not all(isinstance(x, str) for x in meta[key]):
+                raise ValueError(f"{str(path)!r}: {key} must be a list of strings")
+        path = folder / "scores.safetensors"
+        try:
+            tensors = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise ValueError(f"{str(path)!r} is not a readable safetensors file: {e}") from None
+        if "scores" not in tensors:
+            raise ValueError(f"{str(path)!r} holds no 'scores' tensor")
+        shape = (len(meta["rows"]), len(meta["cols"]))
+        for key in ("scores", "spread"):
+            if key in tensors and tuple(tensors[key].shape) != shape:
+                raise ValueError(f"{str(path)!r}: {key} has shape {tuple(tensors[key].shape)}, but result.json "
+                                 f"names {shape[0]} rows and {shape[1]} columns")
         return cls(scores=tensors["scores"], spread=tensors.get("spread"), **meta)
 
     def plot(self, ax=None, title: str | None = None):
@@ -174,3 +238,45 @@ def _nanstd(stack: torch.Tensor) -> torch.Tensor:
     mean = stack.nanmean(0, keepdim=True)
     return ((stack - mean) ** 2).nanmean(0).sqrt()
 
+
+
+def _umask() -> int:
+    """The process's umask (read without changing it where Linux allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _remove_trace_folder(folder: Path) -> None:
+    """Delete a folder holding only trace files (never anything else: a stranger's file stops it)."""
+    for name in TRACE_FILES:
+        p = folder / name
+        if p.is_file() and not p.is_symlink():
+            p.unlink()
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Rename ``tmp`` to ``folder``; an existing ``folder`` (checked to hold only trace files) is moved
+    aside first and deleted file by file afterwards, or moved back if the rename fails."""
+    if not folder.exists():
+        os.replace(tmp, folder)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+    os.rmdir(old)
+    os.rename(folder, old)
+    try:
+        os.rename(tmp, folder)
+    except BaseException:
+        os.rename(old, folder)
+        raise
+    _remove_trace_folder(old)

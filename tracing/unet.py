@@ -1,5 +1,9 @@
 """Causal tracing in the UNet: corrupt the subject in the text, restore one UNet layer's output from the
-clean run (at every denoising step, or in a window of steps), measure what comes back."""
+clean run (at every denoising step, or in a window of steps), measure what comes back.
+
+Batches are sized by :mod:`workbench.memory` unless ``batch_size`` is given; a faithful trace keeps the
+clean generation's layer outputs for a group of noise samples at a time, so its memory stays bounded.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,22 @@ import time
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from workbench import Patch, Workbench
+from workbench.progress import bar
 
+from . import checks
 from .corrupt import corruption, embedding_std
-from .metrics import Scorer, check_metric, chunks, noised_latents, normalized_effect, restoration, spread_timesteps
+from .metrics import (
+    Scorer,
+    batch_rows,
+    check_metric,
+    chunks,
+    noised_latents,
+    normalized_effect,
+    restoration,
+    spread_timesteps,
+)
 from .result import TraceResult
 
 
@@ -37,8 +51,7 @@ def unet_layers(wb: Workbench, layers: str | Sequence[str]) -> tuple[list[str], 
 
 def step_windows(steps: int, windows: int) -> list[list[int]]:
     """Split denoising steps 0..steps-1 into ``windows`` contiguous, near-equal windows."""
-    if not 1 <= windows <= steps:
-        raise ValueError(f"windows must be between 1 and the number of steps ({steps}), got {windows}")
+    checks.whole("windows", windows, 1, steps, what=f"steps ({steps})")
     bounds = torch.linspace(0, steps, windows + 1).round().long().tolist()
     return [list(range(bounds[w], bounds[w + 1])) for w in range(windows)]
 
@@ -46,69 +59,92 @@ def step_windows(steps: int, windows: int) -> list[list[int]]:
 def trace_unet(wb: Workbench, prompt: str, subject: str, *, layers: str | Sequence[str] = "attn2",
                windows: int = 1, metric: str = "proxy", scorer: Scorer | None = None, samples: int = 10,
                noise: float = 3.0, std: float | None = None, seed: int = 0, draws: int = 2,
-               steps: int | None = None, guidance: float | None = None, batch_size: int = 256,
+               steps: int | None = None, guidance: float | None = None, batch_size: int | None = None,
                progress: bool = True) -> TraceResult:
     """Restore effect of each UNet layer (rows) in each window of denoising steps (columns).
 
     proxy: ``draws`` (noise, timestep) pairs per window, timesteps inside the window's range; the restored
     layer output is the clean run's on the same x_t. faithful: a corrupted generation per noise sample,
     with the layer's output copied from the clean generation (same seed) at every step of the window.
+    ``batch_size``: UNet rows per forward (prompts per generation for faithful); ``None`` sizes each loop by
+    the memory available (:func:`workbench.memory.rows_per_batch`). ``progress=False`` silences every bar.
     """
+    checks.common(prompt=prompt, subject=subject, samples=samples, noise=noise, std=std, seed=seed, draws=draws,
+                  steps=steps, guidance=guidance, batch_size=batch_size)
+    steps = checks.whole("steps", steps if steps is not None else int(wb.defaults["steps"]))
+    checks.whole("windows", windows, 1, steps, what=f"steps ({steps})")
     check_metric(metric, scorer)
     if metric == "text":
         raise ValueError("metric 'text' is for text-encoder traces; use 'proxy' or 'faithful'")
-    if not prompt or not prompt.strip():
-        raise ValueError("empty prompt: nothing to trace")
     t0 = time.perf_counter()
     names, kind = unet_layers(wb, layers)
     pos = wb.subject_positions(prompt, subject)
     ids = wb.token_ids([prompt])
-    std = embedding_std(wb) if std is None else std
+    std = embedding_std(wb) if std is None else float(std)
     clean_ctx, _ = wb.run_text(ids)
     corrupt_ctx, _ = wb.run_text(ids.expand(samples, -1), patches=[
         corruption(wb, pos, range(samples), k=noise, std=std, seed=seed)])
-    steps = int(steps or wb.defaults["steps"])
     run = _proxy if metric == "proxy" else _faithful
+    batches: dict[str, int] = {}
     per, clean_value, corrupted_value, cols = run(wb, prompt, names, clean_ctx, corrupt_ctx, windows, draws, seed,
-                                                  steps, guidance, scorer, batch_size, progress)
+                                                  steps, guidance, scorer, batch_size, progress, batches)
     scores = per.flatten(2).mean(2)
     spread = per.flatten(2).std(2) if per.flatten(2).shape[2] > 1 else None
     return TraceResult(
         scores=scores, spread=spread, rows=names, cols=cols, part="unet", kind=kind, metric=metric, prompt=prompt,
         subject=subject, clean=clean_value, corrupted=corrupted_value,
         settings={"windows": windows, "samples": samples, "noise": noise, "std": std, "seed": seed, "draws": draws,
-                  "steps": steps, "guidance": guidance, "subject_positions": pos},
+                  "steps": steps, "guidance": guidance, "subject_positions": pos, "rows_per_forward": batches},
         model=wb.name, model_fingerprint=wb.fingerprint(), seconds=time.perf_counter() - t0)
 
 
 def _proxy(wb, prompt, names, clean_ctx, corrupt_ctx, windows, draws, seed, steps, guidance, scorer, batch_size,
-           progress):
+           progress, batches):
     """per[layer, window, draw, sample] noise-prediction restoration."""
+    from workbench.memory import layer_bytes
+
     samples = corrupt_ctx.shape[0]
     ts = spread_timesteps(wb, windows, draws)
     flat_t = [t for w in ts for t in w]
     d_total = len(flat_t)
     x_t, t = noised_latents(wb, prompt, [seed + 100 + d for d in range(d_total)], flat_t, steps=steps,
-                            guidance=guidance)
-    e_clean, reads = wb.run_unet(x_t, t, clean_ctx.expand(d_total, -1, -1), read=names)
-    # condition 0 is the corrupted baseline, 1.. one per layer; each holds d_total × samples rows
+                            guidance=guidance, batch_size=batch_size, progress=progress)
+    sizes = layer_bytes(wb, names)
+    # the clean run on each x_t, keeping every traced layer's output
+    per_clean = batch_rows(wb, "unet", batch_size, extra_per_row=sum(sizes.values()))
+    e_clean, reads = [], {name: [] for name in names}
+    for chunk in chunks(d_total, per_clean):
+        e, saved = wb.run_unet(x_t[chunk.start:chunk.stop], t[chunk.start:chunk.stop],
+                               clean_ctx.expand(len(chunk), -1, -1), read=names)
+        e_clean.append(e)
+        for name in names:
+            reads[name].append(saved[name])
+    e_clean = torch.cat(e_clean)
+    reads = {name: torch.cat(v) for name, v in reads.items()}
+    # condition 0 is the corrupted baseline, 1.. one per layer; each holds d_total × samples rows:
+    # row r is condition r // per_cond on draw (r % per_cond) // samples with noise sample r % samples
     conds = [None, *names]
-    draw_of = torch.arange(d_total).repeat_interleave(samples)
-    sample_of = torch.arange(samples).repeat(d_total)
     per_cond = d_total * samples
+    n_rows = len(conds) * per_cond
+    # a patched row holds a copy of its layer's clean output
+    per_unet = batch_rows(wb, "unet", batch_size, extra_per_row=max(sizes.values()))
+    batches.update(unet=per_unet, unet_rows=n_rows)
     outs = []
-    for chunk in tqdm(chunks(len(conds), max(1, batch_size // per_cond)), desc="trace unet", disable=not progress,
-                      leave=False):
-        k = len(chunk)
-        patches = []
-        for j, c in enumerate(chunk):
-            if conds[c] is not None:
-                rows = list(range(j * per_cond, (j + 1) * per_cond))
-                patches.append(Patch(conds[c], reads[conds[c]][draw_of], rows=rows))
-        e, _ = wb.run_unet(x_t[draw_of].repeat(k, 1, 1, 1), t[draw_of].repeat(k),
-                           corrupt_ctx[sample_of].repeat(k, 1, 1), patches=patches)
-        outs.append(e.view(k, per_cond, *e.shape[1:]))
-    outs = torch.cat(outs)
+    with bar(desc="trace unet: proxy UNet", total=n_rows, unit="row", progress=progress) as pbar:
+        for chunk in chunks(n_rows, per_unet):
+            r = torch.arange(chunk.start, chunk.stop)
+            c, q = r // per_cond, r % per_cond
+            d, s = q // samples, q % samples
+            patches = []
+            for ci in torch.unique(c).tolist():
+                if conds[ci] is not None:
+                    j = (c == ci).nonzero().flatten()
+                    patches.append(Patch(conds[ci], reads[conds[ci]][d[j]], rows=j.tolist()))
+            e, _ = wb.run_unet(x_t[d], t[d], corrupt_ctx[s], patches=patches)
+            outs.append(e)
+            pbar.update(len(chunk))
+    outs = torch.cat(outs).view(len(conds), per_cond, *e_clean.shape[1:])
+    draw_of = torch.arange(d_total).repeat_interleave(samples)
     per = restoration(outs.flatten(0, 1), e_clean[draw_of].repeat(len(conds), 1, 1, 1),
                       outs[0].repeat(len(conds), 1, 1, 1)).view(len(conds), windows, draws, samples)
     cols = [f"t {w[0]}–{w[-1]}" if len(w) > 1 else f"t {w[0]}" for w in ts]
@@ -116,31 +152,50 @@ def _proxy(wb, prompt, names, clean_ctx, corrupt_ctx, windows, draws, seed, step
 
 
 def _faithful(wb, prompt, names, clean_ctx, corrupt_ctx, windows, draws, seed, steps, guidance, scorer, batch_size,
-              progress):
-    """per[layer, window, sample] normalised concept-score restoration."""
+              progress, batches):
+    """per[layer, window, sample] normalised concept-score restoration.
+
+    Noise samples are taken in groups: the clean generation of a group (with every traced layer's output at
+    every step) is kept only while that group's restored generations run."""
+    from workbench.memory import budget_bytes, layer_bytes
+
+    from .text import _scores
+
     samples = corrupt_ctx.shape[0]
     seeds = [seed + s for s in range(samples)]
     wins = step_windows(steps, windows)
-    clean = wb.generate([prompt] * samples, seeds, steps=steps, guidance=guidance,
-                        context=clean_ctx.expand(samples, -1, -1), read=names)
-    clean_scores = scorer(clean.images).float()
     conds = [None] + [(name, w) for name in names for w in range(windows)]
-    sample_of = torch.arange(samples)
-    scores = []
-    for chunk in tqdm(chunks(len(conds), max(1, batch_size // samples)), desc="trace unet (faithful)",
-                      disable=not progress, leave=False):
-        patches = []
-        for j, c in enumerate(chunk):
-            if conds[c] is not None:
-                name, w = conds[c]
-                rows = list(range(j * samples, (j + 1) * samples))
-                value = {s: clean.reads[name][s][sample_of] for s in wins[w]}
-                patches.append(Patch(name, value, rows=rows, steps=wins[w]))
-        k = len(chunk)
-        gen = wb.generate([prompt] * (k * samples), seeds * k, steps=steps, guidance=guidance,
-                          context=corrupt_ctx.repeat(k, 1, 1), patches=patches)
-        scores.append(scorer(gen.images).float())
-    scores = torch.cat(scores).view(len(conds), samples)
+    per_sample = steps * sum(layer_bytes(wb, names).values())  # the clean reads one sample holds
+    group = samples if batch_size is not None else max(1, min(samples, budget_bytes(wb) // 2 // per_sample))
+    clean_scores = torch.empty(samples)
+    scores = torch.empty(len(conds), samples)
+    total = len(conds) * samples
+    with bar(desc="trace unet: faithful generations", total=total, unit="image", progress=progress) as pbar:
+        for s0 in range(0, samples, group):
+            gs = min(group, samples - s0)
+            clean = wb.generate([prompt] * gs, seeds[s0:s0 + gs], steps=steps, guidance=guidance,
+                                context=clean_ctx.expand(gs, -1, -1), read=names, progress=progress)
+            clean_scores[s0:s0 + gs] = _scores(scorer, clean.images, gs)
+            per_gen = batch_rows(wb, "generate", batch_size)
+            batches.update(generate=per_gen, samples_per_group=gs if s0 == 0 else batches["samples_per_group"])
+            # row r of this group: condition r // gs, noise sample s0 + r % gs
+            for chunk in chunks(len(conds) * gs, per_gen):
+                r = torch.arange(chunk.start, chunk.stop)
+                c, s = r // gs, r % gs
+                patches = []
+                for ci in torch.unique(c).tolist():
+                    if conds[ci] is not None:
+                        name, w = conds[ci]
+                        j = (c == ci).nonzero().flatten()
+                        lo, hi = int(s[j[0]]), int(s[j[-1]]) + 1  # a condition's rows are consecutive samples
+                        value = {st: clean.reads[name][st][lo:hi] for st in wins[w]}
+                        patches.append(Patch(name, value, rows=j.tolist(), steps=wins[w]))
+                gen = wb.generate([prompt] * len(chunk), [seeds[s0 + int(i)] for i in s], steps=steps,
+                                  guidance=guidance, context=corrupt_ctx[s0 + s], patches=patches, progress=progress)
+                got = _scores(scorer, gen.images, len(chunk))
+                scores[c, s0 + s] = got
+                pbar.update(len(chunk))
+            del clean
     clean_value, corrupted_value = float(clean_scores.mean()), float(scores[0].mean())
     per = normalized_effect(scores[1:], clean_value, corrupted_value).view(len(names), windows, samples)
     cols = [f"steps {w[0]}–{w[-1]}" if len(w) > 1 else f"step {w[0]}" for w in wins]
