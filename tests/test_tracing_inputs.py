@@ -174,7 +174,7 @@ def _siblings(folder):
 def test_save_refuses_an_existing_folder_without_overwrite(tmp_path):
     out = _result().save(tmp_path / "t")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(FileExistsError, match="exists and is not empty; pass overwrite=True"):
+    with pytest.raises(FileExistsError, match="exists and is not empty; pass --overwrite"):
         _result(4, 2).save(out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     # an empty folder is fine; overwrite replaces a folder of trace files
@@ -183,10 +183,10 @@ def test_save_refuses_an_existing_folder_without_overwrite(tmp_path):
     (out / "heatmap.png").write_bytes(b"png")
     _result(4, 2).save(out, overwrite=True)
     assert TraceResult.load(out).scores.shape == (4, 2)
-    assert sorted(p.name for p in out.iterdir()) == ["result.json", "scores.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".workbench-files.json", "result.json", "scores.safetensors"]
     assert _siblings(out) == []
     (tmp_path / "file").write_text("x")
-    with pytest.raises(FileExistsError, match="is not a folder"):
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
         _result().save(tmp_path / "file", overwrite=True)
 
 
@@ -194,12 +194,12 @@ def test_save_never_deletes_a_foreign_file(tmp_path):
     out = _result().save(tmp_path / "t")
     (out / "notes.txt").write_bytes(b"my notes \x00\xff")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(FileExistsError, match=r"holds files a trace does not write \(notes.txt\)"):
+    with pytest.raises(FileExistsError, match="holds 'notes.txt'"):
         _result(4, 2).save(out, overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     (out / "notes.txt").unlink()
     (out / "sub").mkdir()
-    with pytest.raises(FileExistsError, match=r"\(sub\)"):
+    with pytest.raises(FileExistsError, match="holds 'sub'"):
         _result(4, 2).save(out, overwrite=True)
     assert (out / "sub").is_dir() and _siblings(out) == []
 
@@ -229,7 +229,8 @@ def test_save_respects_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o750
-    assert sorted(p.name for p in out.iterdir()) == ["heatmap.png", "result.json", "scores.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".workbench-files.json", "heatmap.png", "result.json",
+                                                    "scores.safetensors"]
     for p in out.iterdir():
         assert stat.S_IMODE(p.stat().st_mode) == 0o640, p.name
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -12,6 +11,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from workbench.files import atomic_dir
 
 # ROME's token categories, used to average text-encoder maps over prompts of different lengths.
 TOKEN_GROUPS = ["first subject", "middle subject", "last subject", "first after", "further tokens", "last token"]
@@ -146,39 +147,21 @@ class TraceResult:
         (``result.json``, ``scores.safetensors``, ``heatmap.png``): a folder with anything else in it is never
         deleted. Files and folders get the usual permissions (0666 / 0777 less the umask).
         """
-        folder = Path(folder)
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir() or folder.is_symlink():
-                raise FileExistsError(f"{str(folder)!r} exists and is not a folder; pick another path")
-            present = sorted(p.name for p in folder.iterdir())
-            if present and not overwrite:
-                raise FileExistsError(f"{str(folder)!r} exists and is not empty; pass overwrite=True or pick "
-                                      f"another folder")
-            foreign = [n for n in present if n not in TRACE_FILES or not (folder / n).is_file()
-                       or (folder / n).is_symlink()]
-            if foreign:
-                raise FileExistsError(f"refusing to replace {str(folder)!r}: it holds files a trace does not "
-                                      f"write ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''})")
         meta = {k: v for k, v in asdict(self).items() if k not in ("scores", "spread")}
         tensors = {"scores": self.scores.detach().float().cpu().contiguous()}
         if self.spread is not None:
             tensors["spread"] = self.spread.detach().float().cpu().contiguous()
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-        try:
-            os.chmod(tmp, 0o777 & ~_umask())
+
+        def fill(tmp: Path) -> None:
             save_file(tensors, str(tmp / "scores.safetensors"))
             (tmp / "result.json").write_text(json.dumps(meta, indent=2, default=str))
             if heatmap:
                 from .plot import save_heatmap
 
                 save_heatmap(self, tmp / "heatmap.png")
-            for f in tmp.iterdir():
-                os.chmod(f, 0o666 & ~_umask())
-            _swap_in(tmp, folder)
-        except BaseException:
-            _remove_trace_folder(tmp)
-            raise
+
+        # TRACE_FILES: folders written before atomic_dir left its manifest are still replaceable
+        atomic_dir(folder, fill, overwrite=overwrite, owned=TRACE_FILES)
         return folder
 
     @classmethod
@@ -237,46 +220,3 @@ class TraceResult:
 def _nanstd(stack: torch.Tensor) -> torch.Tensor:
     mean = stack.nanmean(0, keepdim=True)
     return ((stack - mean) ** 2).nanmean(0).sqrt()
-
-
-
-def _umask() -> int:
-    """The process's umask (read without changing it where Linux allows)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _remove_trace_folder(folder: Path) -> None:
-    """Delete a folder holding only trace files (never anything else: a stranger's file stops it)."""
-    for name in TRACE_FILES:
-        p = folder / name
-        if p.is_file() and not p.is_symlink():
-            p.unlink()
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
-
-
-def _swap_in(tmp: Path, folder: Path) -> None:
-    """Rename ``tmp`` to ``folder``; an existing ``folder`` (checked to hold only trace files) is moved
-    aside first and deleted file by file afterwards, or moved back if the rename fails."""
-    if not folder.exists():
-        os.replace(tmp, folder)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-    os.rmdir(old)
-    os.rename(folder, old)
-    try:
-        os.rename(tmp, folder)
-    except BaseException:
-        os.rename(old, folder)
-        raise
-    _remove_trace_folder(old)

@@ -110,9 +110,10 @@ def check_dir_target(folder: str | os.PathLike, overwrite: bool, protected: Iter
         if not overwrite:
             raise FileExistsError(f"{str(folder)!r} exists and is not empty; {OVERWRITE_HINT}")
         allowed = set(owned) | owned_files(folder)
+        dirs = {p.as_posix() for a in allowed for p in Path(a).parents if p != Path(".")}
         for f in sorted(folder.rglob("*")):
             rel = f.relative_to(folder).as_posix()
-            if (f.is_symlink() or not f.is_dir()) and rel not in allowed:
+            if rel not in (dirs if f.is_dir() and not f.is_symlink() else allowed):
                 raise FileExistsError(f"refusing to replace {str(folder)!r}: it holds {rel!r}, which the workbench "
                                       f"did not write there; move it away or choose another folder")
     return folder
