@@ -95,6 +95,7 @@ def ws(tmp_path_factory) -> Path:
 
     (root / "trace_bad").mkdir()
     (root / "trace_bad" / "result.json").write_text("{oops")
+    (root / "trace_bad" / "scores.safetensors").write_bytes(b"")
     # a toy world in a folder: `toy train --out` must not replace it
     (root / "world" / "unet").mkdir(parents=True)
     (root / "world" / "unet" / "config.json").write_text("{}")

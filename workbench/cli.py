@@ -186,6 +186,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .delta import WeightDelta
 
     wb = _load(args)
+    _output_dir(args, wb, args.out)
     delta = WeightDelta.load(args.delta)
     _check_delta(args, delta, wb)
     folder = delta.export(wb, args.out, overwrite=args.overwrite)
