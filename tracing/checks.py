@@ -3,61 +3,31 @@ what was expected, raised before any model work (so a bad call never leaves anyt
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
-
-def _shown(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def is_whole(value: Any) -> bool:
-    """An integer that is not a bool (``True`` is an int to Python, never a count to a user)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def whole(name: str, value: Any, minimum: int = 1, maximum: int | None = None, what: str | None = None) -> int:
-    """``value`` as an int in ``[minimum, maximum]``; a float, bool, string or out-of-range number is refused."""
-    if maximum is not None:
-        bound = f"between {minimum} and {what or maximum}"
-    else:
-        bound = f">= {minimum}"
-    if not is_whole(value) or value < minimum or (maximum is not None and value > maximum):
-        raise ValueError(f"{name} must be a whole number {bound}, got {_shown(value)}")
-    return int(value)
+from workbench.checks import finite, is_whole, shown, whole
 
 
 def integer(name: str, value: Any) -> int:
     """Any whole number (a seed)."""
     if not is_whole(value):
-        raise ValueError(f"{name} must be a whole number, got {_shown(value)}")
+        raise ValueError(f"{name} must be a whole number, got {shown(value)}")
     return int(value)
-
-
-def _real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def positive(name: str, value: Any, when_given: bool = False) -> float:
     """A finite number > 0."""
-    if not _real(value) or not math.isfinite(float(value)) or float(value) <= 0:
+    try:
+        return finite(name, value, above=0)
+    except ValueError:
         given = " when given" if when_given else ""
-        raise ValueError(f"{name} must be a finite number > 0{given}, got {_shown(value)}")
-    return float(value)
-
-
-def finite(name: str, value: Any) -> float:
-    """A finite number (any sign)."""
-    if not _real(value) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number, got {_shown(value)}")
-    return float(value)
+        raise ValueError(f"{name} must be a finite number > 0{given}, got {shown(value)}") from None
 
 
 def text(name: str, value: Any) -> str:
     """A non-empty string."""
     if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, got {type(value).__name__} {_shown(value)}")
+        raise ValueError(f"{name} must be a string, got {type(value).__name__} {shown(value)}")
     if not value.strip():
         raise ValueError(f"empty {name}: nothing to trace" if name == "prompt" else f"{name} must not be empty")
     return value

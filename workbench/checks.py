@@ -4,26 +4,37 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
 
-def whole(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` as an int, refusing bools, fractions, strings and anything below ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or (
-            isinstance(value, float) and not value.is_integer()) or value < minimum:
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+def shown(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def is_whole(value: Any) -> bool:
+    """An integer that is not a bool (``True`` is an int to Python, never a count to a user)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def whole(name: str, value: Any, minimum: int = 1, maximum: int | None = None, what: str | None = None) -> int:
+    """``value`` as an int in ``[minimum, maximum]``; a float, bool, string or out-of-range number is refused."""
+    bound = f"between {minimum} and {what or maximum}" if maximum is not None else f">= {minimum}"
+    if not is_whole(value) or value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be a whole number {bound}, got {shown(value)}")
     return int(value)
 
 
 def finite(name: str, value: Any, *, above: float | None = None, at_least: float | None = None) -> float:
     """``value`` as a finite float, optionally ``> above`` or ``>= at_least``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(float(value)):
+        bound = f" > {above:g}" if above is not None else f" >= {at_least:g}" if at_least is not None else ""
+        raise ValueError(f"{name} must be a finite number{bound}, got {shown(value)}")
     if above is not None and not value > above:
-        raise ValueError(f"{name} must be > {above:g}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number > {above:g}, got {shown(value)}")
     if at_least is not None and not value >= at_least:
-        raise ValueError(f"{name} must be >= {at_least:g}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number >= {at_least:g}, got {shown(value)}")
     return float(value)
 
 

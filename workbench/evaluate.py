@@ -186,9 +186,9 @@ BLANK_STD = 1e-3  # an image whose pixels vary less than this is blank (e.g. a N
 
 def collapse_flags(before: torch.Tensor, after: torch.Tensor, labels: Sequence[str], kept: Sequence[bool],
                    per: int, ratio: float = 0.25) -> list[str]:
-    """What says the edited model broke rather than edited: blank images in any group, or the images of the
-    concepts the edit should keep (``kept``) losing most of their variety (different prompts and seeds
-    rendering alike)."""
+    """What says the edited model broke rather than edited: blank images in any group, or the concepts the
+    edit should keep (``kept``) losing most of their variety: their prompts rendering alike at the same seed
+    (or, with one such concept, its seeds rendering alike)."""
     flags = []
     blank_b = before.flatten(1).std(1) < BLANK_STD
     blank_a = after.flatten(1).std(1) < BLANK_STD
@@ -197,14 +197,20 @@ def collapse_flags(before: torch.Tensor, after: torch.Tensor, labels: Sequence[s
         new_blank = int(blank_a[rows].sum()) - int(blank_b[rows].sum())
         if new_blank > 0:
             flags.append(f"the edited model renders {new_blank} of {per} images of {label} blank")
-    rows = torch.cat([torch.arange(j * per, (j + 1) * per) for j, k in enumerate(kept) if k] or [torch.arange(0)])
-    if len(rows) > 1:
-        spread_b = float(before[rows].double().std(0).mean())
-        spread_a = float(after[rows].double().std(0).mean())
+    groups = [j for j, k in enumerate(kept) if k]
+
+    def spread(images: torch.Tensor) -> float:
+        # How much the kept concepts' images differ from each other at the same seed (several concepts),
+        # or from seed to seed (one concept): a model that ignores its prompt has none of the first.
+        x = torch.stack([images[j * per:(j + 1) * per] for j in groups]).double()
+        return float((x.std(0) if len(groups) > 1 else x[0].std(0)).mean())
+
+    if groups and (len(groups) > 1 or per > 1):
+        spread_b, spread_a = spread(before), spread(after)
+        what = "prompts differ from each other" if len(groups) > 1 else "images vary"
         if spread_b > 0 and spread_a < ratio * spread_b:
-            flags.append(f"the edited model collapsed: its images of the held-out and unrelated prompts vary "
-                         f"{spread_a / spread_b:.0%} as much as before (below {ratio:.0%}); its rates measure a "
-                         f"broken model, not an edit")
+            flags.append(f"the edited model collapsed: its held-out and unrelated {what} {spread_a / spread_b:.0%} "
+                         f"as much as before (below {ratio:.0%}); its rates measure a broken model, not an edit")
     return flags
 
 
@@ -384,7 +390,7 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
     if attack:
         settings.update(attack_rounds=attack_rounds, attack_candidates=attack_candidates,
                         attack_seeds=attack_seeds, attack_seed_offset=ATTACK_SEED_OFFSET)
-    report = EvalReport(out, samples, settings, fid, attacks, images, flags)
+    report = EvalReport(out, samples, settings, fid, attacks, flags=flags, images=images)
     if grid_path is not None:
         report.save_grid(grid_path)
     return report
