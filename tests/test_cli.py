@@ -32,7 +32,8 @@ def test_trace_command_writes_result_and_heatmap(tmp_path, capsys):
     assert (out / "heatmap.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert result.pick_layers(1)[0] in printed and result.subject_cols == [4, 5]
-    assert main(["trace", "--model", "tiny", "--prompt", "a cat", "--subject", "dog", "--out", str(out)]) == 2
+    assert main(["trace", "--model", "tiny", "--prompt", "a cat", "--subject", "dog", "--out", str(out),
+                 "--overwrite"]) == 2
     assert "subject 'dog' not found" in capsys.readouterr().err
 
 

@@ -100,7 +100,7 @@ def test_save_load_round_trip_offline(tiny, tmp_path, monkeypatch):
     back = Workbench.from_pretrained(folder)
     assert back.fingerprint() == tiny.fingerprint()
     assert back.layers() == tiny.layers()
-    with pytest.raises(ValueError, match="refusing to write over the source checkpoint"):
+    with pytest.raises(ValueError, match="refusing to write .* it is .* which this run reads from"):
         back.save_pretrained(folder, overwrite=True)
 
 
@@ -131,7 +131,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="only .safetensors"):
         Workbench.from_pretrained(tmp_path / "x.ckpt")
     (tmp_path / "x.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match="needs config="):
+    with pytest.raises(ValueError, match="needs a config"):
         Workbench.from_pretrained(tmp_path / "x.safetensors")
 
 
