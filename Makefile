@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/workbench demo --out out/demo
+	$(BIN)/workbench demo --out out/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests --nbmake notebooks

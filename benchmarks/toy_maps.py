@@ -108,8 +108,8 @@ def main() -> None:
         fam = {}
         for part in ("text", "unet"):
             avg = TraceResult.average(maps[f"{part}-map"])
-            avg.save(out / f"{family}-{part}")
-            save_heatmap(avg, out / f"{family}-{part}.png")
+            avg.save(out / f"{family}-{part}", overwrite=True)  # a rerun replaces its own output
+            save_heatmap(avg, out / f"{family}-{part}.png", overwrite=True)
             fam[f"{part}_top"] = avg.pick_layers(2, by="max" if part == "text" else "mean")
             fam[f"{part}_map"] = [[round(float(v), 3) for v in row] for row in avg.scores]
             fam[f"{part}_cols"] = avg.cols

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from workbench.files import atomic_write
 
 if TYPE_CHECKING:
     from .result import TraceResult
@@ -47,12 +51,15 @@ def heatmap(result: TraceResult, ax=None, title: str | None = None):
     return ax
 
 
-def save_heatmap(result: TraceResult, path) -> None:
+def save_heatmap(result: TraceResult, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """The heatmap as a PNG, written atomically; an existing file is replaced only with ``overwrite``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ax = heatmap(result)
-    ax.figure.savefig(path, dpi=120)
-    plt.close(ax.figure)
+    try:
+        return atomic_write(path, lambda tmp: ax.figure.savefig(tmp, dpi=120, format="png"), overwrite=overwrite)
+    finally:
+        plt.close(ax.figure)
