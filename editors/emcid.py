@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from workbench import WeightDelta, Workbench
 from workbench.layers import edit_targets
 from workbench.model import TOY_WORLDS
+from workbench.progress import bar as progress_bar
 
 from . import _checks
 from ._checks import norm, number
@@ -365,7 +365,7 @@ def caption_covariance(wb: Workbench, layers: Sequence[str] | None, captions: Se
     sums: dict[str, torch.Tensor] = {}
     count = 0
     chunks = range(0, len(captions), batch_size)
-    for i in tqdm(chunks, desc="emcid covariance", disable=not progress, leave=False):
+    for i in progress_bar(chunks, desc="emcid covariance", progress=progress):
         chunk = list(captions[i:i + batch_size])
         lengths = torch.tensor([len(wb.tokenizer(c).input_ids) for c in chunk], device=wb.device)
         # causal encoder: cutting the padding after the longest caption changes no real token's state
@@ -400,7 +400,7 @@ def _samples(wb: Workbench, req: EMCIDRequest, prompts: list[str], seeds: list[i
 
 
 def _optimise(wb: Workbench, req: EMCIDRequest, plan: _Plan, rows: torch.Tensor, concepts: torch.Tensor,
-              z0: torch.Tensor, block: str, row_seeds: torch.Tensor, bar: tqdm) -> tuple[torch.Tensor, torch.Tensor]:
+              z0: torch.Tensor, block: str, row_seeds: torch.Tensor, bar: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """δ for a chunk of concepts, optimised together: each concept's loss depends on its own δ only and
     Adam is elementwise, so this is the same as optimising them one by one."""
     dev = wb.device
@@ -480,7 +480,7 @@ def stage_one(wb: Workbench, request: EMCIDRequest, layer: str, *, seed: int = 0
     row_seeds = torch.randint(0, 2**62, (len(plan.src), 2), generator=torch.Generator().manual_seed(seed))
     deltas, losses = [], []
     chunks = range(0, plan.n, batch_concepts)
-    bar = tqdm(total=len(chunks) * req.steps, desc="emcid stage I", disable=not progress, leave=False)
+    bar = progress_bar(total=len(chunks) * req.steps, desc="emcid stage I", progress=progress)
     for start in chunks:
         concepts = torch.arange(start, min(plan.n, start + batch_concepts))
         rows = torch.nonzero((plan.concept >= start) & (plan.concept < start + batch_concepts)).flatten()
@@ -519,7 +519,7 @@ def stage_two(wb: Workbench, request: EMCIDRequest, layers: Sequence[str] | None
     alpha = req.edit_weight
     new: dict[str, torch.Tensor] = {}
     try:
-        for i, name in enumerate(tqdm(names, desc="emcid stage II", disable=not progress, leave=False)):
+        for i, name in enumerate(progress_bar(names, desc="emcid stage II", progress=progress)):
             read = _gather(wb, plan.src, plan.src_last, [f"{name}:input", block])
             keys = _concept_mean(read[f"{name}:input"], plan.concept, plan.n)
             current = _concept_mean(read[block], plan.concept, plan.n)

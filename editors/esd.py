@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from workbench import WeightDelta, Workbench
 from workbench.files import atomic_write
+from workbench.progress import bar as progress_bar
 
 from . import _checks
 from ._checks import norm, number
@@ -313,8 +313,8 @@ def esd(wb: Workbench, request: ESDRequest, layers: Sequence[str] | None = None,
     start = trainer.load(ckpt) if resume and ckpt.exists() else 0
     saved_at = start if resume and ckpt.exists() else None
     began = time.perf_counter()
-    bar = tqdm(range(start, req.iterations), initial=start, total=req.iterations, desc=f"esd {req.method}",
-               disable=not progress)
+    bar = progress_bar(range(start, req.iterations), initial=start, total=req.iterations, desc=f"esd {req.method}",
+                       progress=progress, leave=True)
     def stop(why: str) -> FloatingPointError:
         bar.close()
         kept = (f"the last good checkpoint (step {saved_at}) is at {str(ckpt)!r}" if saved_at is not None

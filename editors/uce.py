@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from workbench import WeightDelta, Workbench
 from workbench.layers import edit_targets
+from workbench.progress import bar as progress_bar
 
 from . import _checks
 from ._checks import disjoint, no_duplicates, norm, number, strings, text
@@ -373,7 +373,7 @@ def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None,
     alpha = {c: torch.zeros(len(attrs[c])) for c in concepts}
     history = []
     best, best_gap = None, float("inf")
-    bar = tqdm(range(max_rounds), desc="uce debias", disable=not progress, leave=False)
+    bar = progress_bar(range(max_rounds), desc="uce debias", progress=progress)
     for _ in bar:
         debias_targets = [c_keys[c] + (alpha[c][:, None, None] * a_keys[c]).sum(0) for c in concepts]
         all_keys = torch.cat([k for k in (keys, *[c_keys[c] for c in concepts]) if k is not None])

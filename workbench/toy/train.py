@@ -33,10 +33,10 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from tokenizers.processors import TemplateProcessing
-from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from workbench.checks import arg_float, arg_int
+from workbench.progress import bar as progress_bar
 from workbench.toy import world
 
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
@@ -366,7 +366,8 @@ def train(args: argparse.Namespace) -> None:
     te.train()
     losses: list[float] = []
     t0 = time.time()
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, mininterval=5, smoothing=0.05)
+    bar = progress_bar(range(start, args.steps), initial=start, total=args.steps, desc="toy train", leave=True,
+                       mininterval=5, smoothing=0.05)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_factor(step, args.steps)
