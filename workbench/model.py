@@ -83,7 +83,7 @@ class Patch:
 class Generation:
     """Images from :meth:`Workbench.generate`, with what was read on the way."""
 
-    images: torch.Tensor  # (B, 3, H, W) in [0, 1]
+    images: torch.Tensor | None  # (B, 3, H, W) in [0, 1]; None from generate(..., decode=False)
     latents: torch.Tensor  # final latents
     prompts: list[str]
     seeds: list[int]
@@ -509,13 +509,13 @@ class Workbench:
     def generate(self, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, *, steps: int | None = None,
                  guidance: float | None = None, negative_prompt: str = "", patches: Sequence[Patch] = (),
                  text_patches: Sequence[Patch] = (), read: Sequence[str] = (), context: torch.Tensor | None = None,
-                 progress: bool = False, step_bar=None) -> Generation:
+                 progress: bool = False, step_bar=None, decode: bool = True) -> Generation:
         """Deterministic DDIM sampling, batched, with optional reads and patches.
 
         ``seed`` is one seed per prompt, or a base seed (row i uses ``seed + i``). ``text_patches`` act on
         the conditional text encoding only; ``patches`` act on the UNet's conditional rows at their
         ``steps`` (and on the unconditional rows only with ``Patch(uncond=True)``). ``context`` replaces
-        the conditional text encoding.
+        the conditional text encoding. ``decode=False`` skips the image decoder (latents only).
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         n = len(prompts)
@@ -564,8 +564,9 @@ class Workbench:
         if not torch.isfinite(x).all():  # clamping would turn NaN into black images that score as erased
             raise ValueError(f"the model produced NaN or inf latents for prompt(s) {prompts[:3]}; its weights or "
                              f"patches are broken, so no images are returned")
-        images = (self.autoencoder.decode(x).float().clamp(-1, 1) + 1) / 2
-        return Generation(images=images.cpu(), latents=x, prompts=prompts, seeds=seeds, reads=reads)
+        images = (self.autoencoder.decode(x).float().clamp(-1, 1) + 1) / 2 if decode else None
+        return Generation(images=images.cpu() if decode else None, latents=x, prompts=prompts, seeds=seeds,
+                          reads=reads)
 
     def sample(self, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, *, steps: int | None = None,
                guidance: float | None = None, negative_prompt: str = "", batch_size: int | None = None,
