@@ -153,9 +153,9 @@ def test_editor_bad_input(toy):
         UCERequest()
     with pytest.raises(ValueError, match=r"unknown word\(s\) \['unicorn'\]"):
         uce(toy, UCERequest(erase=["unicorn"]), progress=False)
-    with pytest.raises(ValueError, match="is a 'resnet' layer"):
+    with pytest.raises(ValueError, match="is of kind 'resnet'"):
         uce(toy, UCERequest(erase=["circle"]), [toy.layers("resnet")[0]], progress=False)
-    with pytest.raises(ValueError, match="is a 'attn2' layer"):
+    with pytest.raises(ValueError, match="is of kind 'attn2'"):
         quickfix(toy, QuickFixRequest(["circle"], ["square"]), [toy.layers("attn2")[0]])
     with pytest.raises(ValueError, match="templates must each contain"):
         UCERequest(erase=["circle"], templates=["a photo"])

@@ -192,7 +192,7 @@ def test_bad_input_is_refused_before_any_work(word_level, model):
               captions=["a red circle"], progress=False)
     with pytest.raises(ValueError, match="the destination is not in the model's vocabulary"):
         emcid(word_level, EMCIDRequest([("circle", "blue")], templates=["a {}"]), captions=["a"], progress=False)
-    with pytest.raises(ValueError, match="is a 'self_attn' layer"):
+    with pytest.raises(ValueError, match="is of kind 'self_attn'"):
         emcid(word_level, EMCIDRequest([("circle", "red")]), [word_level.layers("self_attn")[0]], progress=False)
     with pytest.raises(ValueError, match="needs a caption corpus"):
         emcid(model, EMCIDRequest([("cat", "dog")]), progress=False)

@@ -380,7 +380,12 @@ def _message(err: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from transformers.utils import logging as hf_logging
+
     from .progress import set_quiet
+
+    # transformers warns about optional image processors the workbench never uses, on every model load
+    hf_logging.set_verbosity_error()
 
     args = build_parser().parse_args(argv)
     set_quiet(args.quiet)

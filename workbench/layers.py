@@ -132,7 +132,7 @@ def edit_targets(layers: Sequence[Layer], accepts: Mapping[str, Sequence[str]], 
     names: list[str] = []
     for layer in layers:
         if layer.kind not in accepts:
-            raise ValueError(f"{method} edits {what}; layer {layer.name!r} is a {layer.kind!r} layer (give "
+            raise ValueError(f"{method} edits {what}; layer {layer.name!r} is of kind {layer.kind!r} (give "
                              f"{', '.join(accepts)} layers)")
         names += [f"{layer.name}.{path}" if path else layer.name for path in accepts[layer.kind]]
     if not names:

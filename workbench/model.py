@@ -7,6 +7,7 @@ reads and writes of module outputs go through nnsight, behind :meth:`Workbench.r
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import hashlib
@@ -14,7 +15,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -623,7 +624,8 @@ class Workbench:
                                                tokenizer=self.tokenizer, unet=self.unet,
                                                scheduler=copy.deepcopy(self.scheduler), safety_checker=None,
                                                feature_extractor=None, requires_safety_checker=False)
-            pipe.save_pretrained(tmp, safe_serialization=True)
+            with _library_bars_off():
+                pipe.save_pretrained(tmp, safe_serialization=True)
             config = {"_class_name": type(self.scheduler).__name__, **self.scheduler_config}
             (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2, default=str))
             if self.text_key_prefix:
@@ -759,23 +761,35 @@ def _check_finite(parts, where: Path | str) -> None:
                                  f"model")
 
 
+@contextlib.contextmanager
+def _library_bars_off() -> Iterator[None]:
+    """diffusers' and transformers' per-file bars are noise beside the workbench's own (and ignore --quiet)."""
+    from diffusers.utils import logging as df_logging
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled(), df_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    df_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            hf_logging.enable_progress_bar()
+        if was[1]:
+            df_logging.enable_progress_bar()
+
+
 def _load_weights(model_class, folder: Path):
     """A diffusers/transformers model from a local folder: safetensors only, every weight present and finite."""
     _read_json(folder / "config.json", f"{folder.name} config")
     for file in _weight_files(folder):
         _check_safetensors(file)
-    from transformers.utils import logging as hf_logging
-
-    bar_was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # its per-file bar is noise beside the workbench's own
     try:
-        model, info = model_class.from_pretrained(folder, local_files_only=True, use_safetensors=True,
-                                                  output_loading_info=True)
+        with _library_bars_off():
+            model, info = model_class.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                                      output_loading_info=True)
     except Exception as err:  # the libraries raise OSError, ValueError, KeyError, ... for a broken folder
         raise ValueError(f"cannot load {str(folder)!r}: {_first_line(err)}") from err
-    finally:
-        if bar_was_on:
-            hf_logging.enable_progress_bar()
     for key, what in (("missing_keys", "missing"), ("mismatched_keys", "of the wrong shape")):
         bad = sorted(str(k if isinstance(k, str) else k[0]) for k in (info or {}).get(key) or ())
         if bad:
