@@ -624,7 +624,7 @@ class Workbench:
                                                tokenizer=self.tokenizer, unet=self.unet,
                                                scheduler=copy.deepcopy(self.scheduler), safety_checker=None,
                                                feature_extractor=None, requires_safety_checker=False)
-            with _library_bars_off():
+            with _quiet_libraries():
                 pipe.save_pretrained(tmp, safe_serialization=True)
             config = {"_class_name": type(self.scheduler).__name__, **self.scheduler_config}
             (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2, default=str))
@@ -762,21 +762,23 @@ def _check_finite(parts, where: Path | str) -> None:
 
 
 @contextlib.contextmanager
-def _library_bars_off() -> Iterator[None]:
-    """diffusers' and transformers' per-file bars are noise beside the workbench's own (and ignore --quiet)."""
+def _quiet_libraries() -> Iterator[None]:
+    """diffusers' and transformers' per-file bars and load warnings ("newly initialized ...") are noise beside
+    the workbench's own bars and errors: the loader reports missing weights itself."""
     from diffusers.utils import logging as df_logging
     from transformers.utils import logging as hf_logging
 
-    was = hf_logging.is_progress_bar_enabled(), df_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    df_logging.disable_progress_bar()
+    was = [(lib, lib.is_progress_bar_enabled(), lib.get_verbosity()) for lib in (hf_logging, df_logging)]
+    for lib, _, _ in was:
+        lib.disable_progress_bar()
+        lib.set_verbosity_error()
     try:
         yield
     finally:
-        if was[0]:
-            hf_logging.enable_progress_bar()
-        if was[1]:
-            df_logging.enable_progress_bar()
+        for lib, bars, verbosity in was:
+            if bars:
+                lib.enable_progress_bar()
+            lib.set_verbosity(verbosity)
 
 
 def _load_weights(model_class, folder: Path):
@@ -785,7 +787,7 @@ def _load_weights(model_class, folder: Path):
     for file in _weight_files(folder):
         _check_safetensors(file)
     try:
-        with _library_bars_off():
+        with _quiet_libraries():
             model, info = model_class.from_pretrained(folder, local_files_only=True, use_safetensors=True,
                                                       output_loading_info=True)
     except Exception as err:  # the libraries raise OSError, ValueError, KeyError, ... for a broken folder
