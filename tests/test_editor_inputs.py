@@ -115,7 +115,7 @@ UCE_CALL_BAD = [
     (dict(layers=[ATTN2 + "x"]), UnknownLayerError, ["did you mean", "attn2"]),
     (dict(layers=["unet.down_blocks.0.resnets.0"]), ValueError, ["'unet.down_blocks.0.resnets.0'", "'resnet'",
                                                                  "attn2, to_k, to_v"]),
-    (dict(layers=["text.encoder.layers.0.self_attn"]), ValueError, ["'self_attn' layer", "attn2"]),
+    (dict(layers=["text.encoder.layers.0.self_attn"]), ValueError, ["is of kind 'self_attn'", "attn2"]),
     (dict(layers=[]), ValueError, ["UCE", "empty"]),
     (dict(layers=[3]), TypeError, ["layers[0]", "int"]),
     (dict(request=UCERequest(erase=[" ".join(["cat"] * 80)])), ValueError, ["UCE erase concept", "tokens long"]),
@@ -303,8 +303,8 @@ def test_quickfix_request_refused(tiny, kwargs, exc, words):
     ([], ValueError, ["Diff-QuickFix", "empty"]),
     (["text.encoder.layers.0.self_atn"], UnknownLayerError, ["'text.encoder.layers.0.self_atn'", "did you mean",
                                                              "self_attn.out_proj"]),
-    ([ATTN2], ValueError, ["'attn2' layer", "out_proj, self_attn, hidden"]),
-    (["text.encoder.layers.0.mlp.fc2"], ValueError, ["'fc2' layer", "out_proj"]),
+    ([ATTN2], ValueError, ["is of kind 'attn2'", "out_proj, self_attn, hidden"]),
+    (["text.encoder.layers.0.mlp.fc2"], ValueError, ["is of kind 'fc2'", "out_proj"]),
     ([0], TypeError, ["layers[0]", "int"]),
 ])
 def test_quickfix_layers_refused(tiny, layers, exc, words):
@@ -396,8 +396,8 @@ def test_emcid_requests_file_missing(tmp_path):
 
 @pytest.mark.parametrize(("call", "exc", "words"), [
     (dict(layers=["text.encoder.layers.9"]), UnknownLayerError, ["'text.encoder.layers.9'", "EMCID takes", "fc2"]),
-    (dict(layers=["text.encoder.layers.0.self_attn"]), ValueError, ["'self_attn' layer", "fc2, mlp, hidden"]),
-    (dict(layers=[ATTN2]), ValueError, ["'attn2' layer", "fc2"]),
+    (dict(layers=["text.encoder.layers.0.self_attn"]), ValueError, ["is of kind 'self_attn'", "fc2, mlp, hidden"]),
+    (dict(layers=[ATTN2]), ValueError, ["is of kind 'attn2'", "fc2"]),
     (dict(batch_concepts=0), ValueError, ["batch_concepts", ">= 1"]),
     (dict(covariance={"text.encoder.layers.2.mlp.fc2": torch.eye(3)}), ValueError,
      ["covariance['text.encoder.layers.2.mlp.fc2']", "(3, 3)"]),
