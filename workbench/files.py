@@ -28,7 +28,7 @@ def _umask() -> int:
     return mask
 
 
-def _publish_mode(path: Path, is_dir: bool) -> None:
+def publish_mode(path: Path, is_dir: bool) -> None:
     """mkstemp/mkdtemp create 0600/0700; give the result what an ordinary open()/mkdir() would."""
     os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
 
@@ -76,7 +76,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], *, ove
     os.close(fd)
     try:
         write(tmp)
-        _publish_mode(Path(tmp), is_dir=False)
+        publish_mode(Path(tmp), is_dir=False)
         if not overwrite and path.exists():  # appeared while we wrote: still never replace it
             raise FileExistsError(f"{str(path)!r} appeared while writing; {OVERWRITE_HINT}")
         os.replace(tmp, path)
@@ -139,7 +139,7 @@ def atomic_dir(folder: str | os.PathLike, fill: Callable[[Path], object], *, ove
         fill(tmp)
         (tmp / MANIFEST).write_text(json.dumps(files_under(tmp), indent=0))
         for f in [tmp, *tmp.rglob("*")]:
-            _publish_mode(f, f.is_dir())
+            publish_mode(f, f.is_dir())
         if folder.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
             os.replace(folder, old / "x")

@@ -36,6 +36,7 @@ from tokenizers.processors import TemplateProcessing
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from workbench.checks import arg_float, arg_int
+from workbench.files import publish_mode
 from workbench.progress import bar as progress_bar
 from workbench.toy import world
 
@@ -282,11 +283,9 @@ def export(out: Path, tokenizer: PreTrainedTokenizerFast, unet: UNet2DConditionM
         meta = {"autoencoder": {"type": "pixel_unshuffle", "factor": FACTOR},
                 "image_size": world.IMAGE_SIZE, "guidance": guidance, "steps": SAMPLE_STEPS}
         (tmp / "workbench.json").write_text(json.dumps(meta, indent=2) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
         for f in sorted(tmp.rglob("*")):
             if f.is_file():
-                os.chmod(f, 0o666 & ~umask)
+                publish_mode(f, is_dir=False)
                 (out / f.relative_to(tmp)).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(f, out / f.relative_to(tmp))
     finally:
