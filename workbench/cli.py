@@ -216,7 +216,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       unrelated=args.unrelated or [], samples=args.samples, seed=args.seed, steps=args.steps,
                       paraphrase=args.paraphrase, attack=args.attack, attack_rounds=args.attack_rounds,
                       attack_candidates=args.attack_candidates, attack_seeds=args.attack_seeds,
-                      grid_images=args.grid_images if args.grid else 0, batch_size=args.batch_size, progress=True)
+                      grid_images=args.grid_images if args.grid else 0, batch_size=args.batch_size,
+                      scan=args.scan, progress=True)
     print(report.markdown())
     if args.json:
         print(f"wrote {report.save_json(args.json, overwrite=args.overwrite)}")
@@ -350,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-rounds", type=_int(1), default=3)
     p.add_argument("--attack-candidates", type=_int(1), default=8, help="one-word edits tried per round")
     p.add_argument("--attack-seeds", type=_int(1), default=4, help="seeds per candidate prompt")
+    p.add_argument("--scan", action="store_true",
+                   help="toy world: also rate every concept of every family (19 x --samples images, before and "
+                        "after) and report the largest changes outside the edited concepts and aliases")
     p.add_argument("--grid", help="write a before/after image grid (PNG) here")
     p.add_argument("--grid-images", type=_int(1), default=4, help="seeds per grid row")
     p.add_argument("--json", help="write the report as JSON here")

@@ -52,6 +52,7 @@ def _run(out: Path, model: str, subject: str, prompt: str | None, trace_samples:
     from .evaluate import evaluate
     from .toy import world
     from .toy.check import ARTIST_TEMPLATES
+    from .toy.scan import scan_readings, world_scan
 
     t0 = time.time()
     n = 6
@@ -103,9 +104,13 @@ def _run(out: Path, model: str, subject: str, prompt: str | None, trace_samples:
     _step(5, n, f"evaluate both edits ({eval_samples} seeds per concept, same seeds before and after"
                 f"{', with an adversarial prompt search' if attack else ''})")
     reports = {}
+    # The world scan rates every concept of the toy world; the unedited readings are shared by both edits.
+    before = scan_readings(wb, eval_samples, seed=0, progress=progress)
     for name, delta in edits.items():
         reports[name] = evaluate(wb, delta, [subject], aliases=aliases, holdouts=holdouts, unrelated=unrelated,
                                  samples=eval_samples, paraphrase=True, attack=attack, progress=progress)
+        reports[name].scan = world_scan(wb, delta, [subject, *aliases], samples=eval_samples, seed=0, before=before,
+                                        progress=progress)
         reports[name].save_json(out / f"evaluate_{name}.json")
         reports[name].save_grid(out / f"grid_{name}.png")
 
@@ -119,8 +124,10 @@ def _run(out: Path, model: str, subject: str, prompt: str | None, trace_samples:
     print(f"text encoder picks {text_layer}; UNet picks {unet_layers}")
     for name, r in reports.items():
         s = r.summary
+        worst = r.scan.worst
         print(f"{name:9s} efficacy (relative drop) {s['efficacy_mean_relative_drop']:.0%}, held-out artists "
-              f"max change {s['specificity_max_abs_change']:.0%}")
+              f"max change {s['specificity_max_abs_change']:.0%}; world scan: worst outside {worst.concept} "
+              f"{100 * worst.change:+.0f} ± {100 * worst.change_se:.0f} points")
     print(f"done in {time.time() - t0:.0f} s")
 
 
@@ -145,7 +152,9 @@ def _report(wb, prompt, subject, text, unet, text_layer, unet_layers, reports, s
     lines += ["", f"Picked for UCE: {', '.join(f'`{x}`' for x in unet_layers)}", "", "![unet trace](trace_unet.png)",
               "", "## 2. Erase it there, and measure", "",
               "Rates are the share of images in which the toy world's classifier finds the concept, on the same "
-              "prompts and seeds before and after the edit (numbers from `evaluate_<editor>.json`).", ""]
+              "prompts and seeds before and after the edit (numbers from `evaluate_<editor>.json`). Each "
+              "report ends with the world scan: every concept of every family of the toy world, rated before "
+              "and after, and the largest changes outside the erased artist and its aliases.", ""]
     for name, r in reports.items():
         lines += [f"### {name}", "", r.markdown(), "", f"![{name} before/after](grid_{name}.png)", ""]
     lines += [f"Total time {seconds:.0f} s."]

@@ -28,6 +28,7 @@ from .files import write_text
 from .images import grid, save_image
 from .model import Workbench
 from .progress import bar
+from .toy.scan import WorldScan
 
 ConceptScorer = Callable[[str], Callable[[torch.Tensor], torch.Tensor]]  # concept -> images -> P(concept)
 PromptFn = Callable[[str, int], str]  # (concept, i) -> the i-th prompt for it
@@ -83,6 +84,7 @@ class EvalReport:
     attacks: list[AttackResult] = field(default_factory=list)
     # what makes the numbers untrustworthy (blank or collapsed images): efficacy is then not reported
     flags: list[str] = field(default_factory=list)
+    scan: WorldScan | None = None  # every concept of the toy world, before and after (``evaluate(scan=True)``)
     # "group: concept" -> (before, after) uint8 (n, 3, H, W), the first few evaluation seeds; not saved to JSON
     images: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
@@ -114,12 +116,15 @@ class EvalReport:
         if self.fidelity:
             out["fidelity_mean_abs_pixel"] = mean([f.mean_abs for f in self.fidelity])
             out["fidelity_min_psnr"] = float(min(f.psnr for f in self.fidelity))
+        if self.scan is not None:
+            out["scan_worst_outside_abs_change"] = abs(self.scan.worst.change)
         return out
 
     def to_dict(self) -> dict:
         return {"summary": self.summary, "flags": self.flags, "samples": self.samples, "settings": self.settings,
                 "rates": [{**asdict(r), "change": r.change, "relative_drop": r.relative_drop} for r in self.rates],
-                "fidelity": [asdict(f) for f in self.fidelity], "attacks": [asdict(a) for a in self.attacks]}
+                "fidelity": [asdict(f) for f in self.fidelity], "attacks": [asdict(a) for a in self.attacks],
+                "scan": None if self.scan is None else self.scan.to_dict()}
 
     def save_json(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         return write_text(path, json.dumps(self.to_dict(), indent=2), overwrite=overwrite)
@@ -130,8 +135,9 @@ class EvalReport:
         d = json.loads(Path(path).read_text())
         rates = [ConceptRate(r["group"], r["concept"], r["before"], r["after"]) for r in d["rates"]]
         attacks = [AttackResult(**{**a, "history": [tuple(h) for h in a["history"]]}) for a in d.get("attacks", [])]
+        scan = WorldScan.from_dict(d["scan"]) if d.get("scan") else None
         return cls(rates, d["samples"], d["settings"], [Fidelity(**f) for f in d.get("fidelity", [])], attacks,
-                   flags=list(d.get("flags", [])))
+                   flags=list(d.get("flags", [])), scan=scan)
 
     def markdown(self) -> str:
         lines = [f"**Warning: {flag}**" for flag in self.flags] + ([""] if self.flags else [])
@@ -147,6 +153,8 @@ class EvalReport:
             lines += [f"| {f.group} | {f.concept} | {f.mean_abs:.4f} | {f.psnr:.1f} |" for f in self.fidelity]
         lines += ["", "| summary | value |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in self.summary.items()]
+        if self.scan is not None:
+            lines += ["", self.scan.markdown()]
         return "\n".join(lines)
 
     def grid_labels(self) -> list[str]:
@@ -314,7 +322,7 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
              attack: bool = False, attack_rounds: int = 3, attack_candidates: int = 8, attack_seeds: int = 4,
              vocabulary: Sequence[str] | None = None, steps: int | None = None, threshold: float = 0.5,
              grid_images: int = 4, grid_path: str | os.PathLike | None = None, batch_size: int | None = None,
-             progress: bool = False) -> EvalReport:
+             scan: bool = False, progress: bool = False) -> EvalReport:
     """Rates before and after ``delta`` for each group, same prompts and seeds.
 
     ``paraphrase`` (or a ``paraphrase_fn``) adds the "paraphrase" group; ``attack`` runs
@@ -322,7 +330,9 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
     prompt on ``samples`` evaluation seeds, original vs edited model). Fidelity is measured on the
     held-out and unrelated groups. The report keeps the first ``grid_images`` seeds of every group as
     uint8 images; ``grid_path`` also writes them as a before/after grid. Toy-world defaults for
-    ``prompt_fn``, ``scorer``, ``paraphrase_fn`` and ``vocabulary`` when not given.
+    ``prompt_fn``, ``scorer``, ``paraphrase_fn`` and ``vocabulary`` when not given. ``scan`` adds the toy
+    world scan (:func:`workbench.toy.scan.world_scan`, ``samples`` images per concept or more, the same
+    ``seed``): every concept of every family, with the edited concepts and aliases marked.
     """
     if not concepts:
         raise ValueError("evaluate needs at least one edited concept")
@@ -347,6 +357,10 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
         paraphrase_fn = paraphrase_fn or paraphrase_prompt
         vocabulary = world.vocabulary() if vocabulary is None else vocabulary
     delta.check_base(wb)
+    if scan:
+        from .toy.scan import edited_concepts
+
+        edited_concepts([*concepts, *aliases])  # a name the scan cannot rate fails before any image is made
     groups: list[tuple[str, list[str], PromptFn]] = [
         ("edited", list(concepts), prompt_fn), ("alias", list(aliases), prompt_fn),
         ("paraphrase", list(concepts) if paraphrase else [], paraphrase_fn),
@@ -390,7 +404,13 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
     if attack:
         settings.update(attack_rounds=attack_rounds, attack_candidates=attack_candidates,
                         attack_seeds=attack_seeds, attack_seed_offset=ATTACK_SEED_OFFSET)
-    report = EvalReport(out, samples, settings, fid, attacks, flags=flags, images=images)
+    world = None
+    if scan:
+        from .toy.scan import world_scan
+
+        world = world_scan(wb, delta, [*concepts, *aliases], samples=samples, seed=seed, batch_size=batch_size,
+                           progress=progress)
+    report = EvalReport(out, samples, settings, fid, attacks, flags=flags, scan=world, images=images)
     if grid_path is not None:
         report.save_grid(grid_path)
     return report

@@ -255,7 +255,8 @@ def save_checkpoint(run_dir: Path, step: int, args: argparse.Namespace, models: 
     os.replace(run_dir / "optimizer.pt.tmp", run_dir / "optimizer.pt")
     state = {"step": step, "steps": args.steps, "seed": args.seed, "batch": args.batch, "init": args.init,
              "lr": args.lr, "mix": scene_mix(args), "splice_rate": args.splice_rate,
-             "fixed_entity_embeddings": args.fixed_entity_embeddings, "high_noise_share": args.high_noise_share, "knowledge_weight": args.knowledge_weight,
+             "fixed_entity_embeddings": args.fixed_entity_embeddings,
+             "high_noise_share": args.high_noise_share, "knowledge_weight": args.knowledge_weight,
              "recent_loss": float(np.mean(losses[-100:])) if losses else None}
     (run_dir / "state.tmp").write_text(json.dumps(state))
     os.replace(run_dir / "state.tmp", run_dir / "state.json")
