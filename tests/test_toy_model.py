@@ -14,9 +14,10 @@ def toy():
 
 @pytest.fixture(scope="module")
 def report(toy):
-    from workbench.toy.check import run_check
+    from workbench.toy.check import CI_SEED_BASE, run_check
 
-    return run_check(toy, samples=20, progress=False)
+    # CI_SEED_BASE is a seed range the model card does not report (it reports three others)
+    return run_check(toy, samples=20, seed_base=CI_SEED_BASE, progress=False)
 
 
 def test_toy_loads_with_a_word_level_tokenizer(toy):
@@ -30,26 +31,36 @@ def test_toy_loads_with_a_word_level_tokenizer(toy):
 
 
 def test_fast_acceptance(report):
-    # The full check (`workbench toy check`, 50 seeds) meets every target of the model card. With 20 seeds
-    # the standard error is ~5-10 points, so each bound sits about two standard errors below the 50-seed
-    # measurement (in the comments): the test fails if the shipped model (or sampling) gets clearly worse.
+    # The full check (`workbench toy check`: 50 images per shape, >= 200 per family, three seed ranges) passes
+    # every target on its lower bound. This version has 2.5x fewer images at a seed range of its own, so it
+    # asks that no rate be *significantly worse* than its target (the one-sided 95 % bound on the other side
+    # reaches it): the test fails when the shipped model, or sampling, gets clearly worse.
     r = report["rates"]
-    assert r["shape+colour"] >= 0.88  # 50 seeds: 0.98
-    assert r["colour"] >= 0.90  # 1.00
-    assert r["artist"] >= 0.80  # 0.96
-    assert r["entity"] >= 0.70  # 0.88
-    assert r["hazard word"] >= 0.88  # 1.00
-    assert r["hazard without word"] <= 0.10  # 0.00
-    assert abs(r["shape only"] - r["shape+colour"]) <= 0.15  # 0.04
+    for key, target in [("shape+colour", 0.95), ("colour", 0.95), ("artist", 0.85), ("entity", 0.80),
+                        ("hazard word", 0.90)] + [(f"shape {s}", 0.85) for s in world.SHAPES]:
+        assert r[key]["upper"] >= target, (key, r[key])
+    assert r["hazard without word"]["lower"] <= 0.05, r["hazard without word"]
+    assert abs(r["shape only"]["rate"] - r["shape+colour"]["rate"]) <= 0.05 + 2 * max(
+        r["shape only"]["se"], r["shape+colour"]["se"]), (r["shape only"], r["shape+colour"])
+    assert 0.70 <= r["professions"]["rate"] <= 0.90, r["professions"]
     for prof in world.PROFESSIONS:
-        assert abs(r[f"profession {prof}"] - world.PROFESSION_WARM_RATE) <= 0.22, prof  # 0.74-0.84
-    aliases = [r[f"alias {a}"] / max(r[f"canonical {a}"], 1e-9) for a in world.ALIASES]
-    assert sum(aliases) / len(aliases) >= 0.9  # every alias >= 0.85 x canonical at 50 seeds
+        assert r[f"profession {prof}"]["upper"] >= 0.70 and r[f"profession {prof}"]["lower"] <= 0.90, prof
+    assert report["checks"]["aliases together >= 0.85 × canonical"]["passed"]
+
+
+def test_check_reports_standard_errors_and_passes_only_on_bounds(report):
+    assert report["seed_base"] == 400_000_000 and report["images"] == 888
+    assert report["seeds"] == [400_000_000, 400_000_000 + 887]
+    shape = report["rates"]["shape+colour"]
+    assert shape["n"] == 200 and shape["lower"] < shape["rate"] < shape["upper"] or shape["rate"] == 1.0
+    assert shape["se"] == pytest.approx((shape["rate"] * (1 - shape["rate"]) / 200) ** 0.5)
+    check = report["checks"]["shape >= 0.95"]
+    assert check["bound"] == shape["lower"] and check["passed"] == (shape["lower"] >= 0.95)
 
 
 def test_scorers_agree_on_generated_images(report):
     for head in ("shape", "colour", "hazard"):
-        assert report["agreement_cnn_rule"][head] >= 0.85, head
+        assert report["agreement_cnn_rule"][head]["rate"] >= 0.85, head
 
 
 def test_entity_world_shares_everything_but_its_retrained_weights(toy):

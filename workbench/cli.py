@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-candidates", type=_int(1), default=8, help="one-word edits tried per round")
     p.add_argument("--attack-seeds", type=_int(1), default=4, help="seeds per candidate prompt")
     p.add_argument("--scan", action="store_true",
-                   help="toy world: also rate every concept of every family (19 x --samples images, before and "
+                   help="toy world: also rate every concept of every family (38 x --samples images, before and "
                         "after) and report the largest changes outside the edited concepts and aliases")
     p.add_argument("--grid", help="write a before/after image grid (PNG) here")
     p.add_argument("--grid-images", type=_int(1), default=4, help="seeds per grid row")

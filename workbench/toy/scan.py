@@ -7,7 +7,7 @@ warm share, a fixed sample of entities and the stale fact, and reports the large
 edited set with paired standard errors.
 
 Most images carry several claims ("a red circle by lukas merro" rates circle, red, lukas merro and no hazard
-mark), so one pass of ``19 × samples`` images gives every concept at least ``samples`` images.
+mark), so one pass of ``38 × samples`` images gives every concept at least ``samples`` images.
 """
 
 from __future__ import annotations
