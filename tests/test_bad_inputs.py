@@ -176,6 +176,9 @@ CASES = [
     ("evaluate --model tiny --delta {ws}/delta.safetensors --concept cat --samples 0", ["--samples"]),
     ("evaluate --model tiny --delta {ws}/delta.safetensors --concept cat --attack-rounds 0", ["--attack-rounds"]),
     ("toy check --samples 0", ["--samples"]),
+    ("toy check --samples 1 --seed-base 100 5000", ["--seed-base 100 and 5000 overlap", "100,000,000"]),
+    ("toy check --samples 1 --seed-base -4", ["--seed-base"]),
+    ("evaluate --model toy --delta {ws}/toy_delta.safetensors --concept unicorn --scan", ["unicorn"]),
     ("toy train --steps 0 --out {ws}/new", ["--steps"]),
     ("toy train --lr nan --out {ws}/new", ["--lr"]),
     # ---- models: never a traceback, never an unpickle, never random weights in place of missing ones

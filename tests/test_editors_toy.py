@@ -5,19 +5,12 @@ import pytest
 import torch
 
 from editors import QuickFixRequest, UCERequest, quickfix, uce
-from editors.uce import named_attribute_scorer
 from tracing import trace_text_encoder
 from workbench import Workbench
 from workbench.evaluate import evaluate, rates
-from workbench.toy import classifier, world
-from workbench.toy.check import (
-    ARTIST_TEMPLATES,
-    HAZARD_TEMPLATES,
-    SHAPE_TEMPLATES,
-    concept_prompt,
-    concept_scorer,
-    labels,
-)
+from workbench.toy import recipes, world
+from workbench.toy.check import concept_prompt, concept_scorer, labels
+from workbench.toy.scan import scan_readings, world_scan
 
 SAMPLES = 50
 pytestmark = pytest.mark.slow
@@ -28,14 +21,22 @@ def toy():
     return Workbench.toy()
 
 
-def test_uce_erases_one_shape_and_leaves_the_others(toy):
-    others = [s for s in world.SHAPES if s != "circle"]
-    delta = uce(toy, UCERequest(erase=["circle"], preserve=others, tokens="to_end", templates=SHAPE_TEMPLATES),
-                progress=False)
-    report = evaluate(toy, delta, ["circle"], holdouts=others, aliases=["disc"], samples=SAMPLES)
-    circle = report.group("edited")[0]
-    assert circle.before >= 0.9 and circle.relative_drop >= 0.9, report.markdown()
-    assert report.summary["specificity_max_abs_change"] <= 0.05, report.markdown()
+@pytest.fixture(scope="module")
+def scan_before(toy):
+    """The world scan's readings of the unedited toy world, shared by the edits scanned below."""
+    return scan_readings(toy, SAMPLES)
+
+
+def test_uce_erases_one_shape_and_nothing_else_in_the_world(toy, scan_before):
+    # The README's first recipe. Preserving the other shapes alone was not enough: the whole-world scan found
+    # "lukas merro" down 26-30 points and "ring" 10 (to_end keys reach the padding positions, where the toy
+    # encoder carries artists), so the recipe also preserves captions of every family without the shape.
+    delta, edited = recipes.uce_erase_shape(toy, "circle")
+    scan = world_scan(toy, delta, edited, samples=SAMPLES, before=scan_before)
+    circle = scan.row("circle")
+    assert circle.edited and circle.before >= 0.9 and circle.after <= 0.1 * circle.before, scan.markdown()
+    assert abs(scan.worst.change) <= 0.05, scan.markdown()
+    report = evaluate(toy, delta, ["circle"], aliases=["disc"], samples=SAMPLES)
     assert report.group("alias")[0].relative_drop >= 0.7, report.markdown()
 
 
@@ -44,11 +45,7 @@ def test_uce_erases_ten_artists_and_keeps_the_ten_held_out(toy):
     # toy encoder carries artists in its padding positions. Captions naming them, as whole preserve
     # prompts, keep them. Measured at 50 seeds: every erased artist -> 0 %; held-out mean change 1 point,
     # max 6 (ravi ostrem, 56 % -> 50 %; the issue's target is 5).
-    held = set(world.HELD_OUT_ARTISTS)
-    captions = world.captions(200, seed=123, keep=lambda s: s.artist in held and s.entity is None, artist_rate=1.0,
-                              hazard_rate=0.0)
-    delta = uce(toy, UCERequest(erase=world.ERASE_ARTISTS, preserve=world.HELD_OUT_ARTISTS, preserve_prompts=captions,
-                                tokens="to_end", templates=ARTIST_TEMPLATES), progress=False)
+    delta, _ = recipes.uce_erase_artists(toy)
     report = evaluate(toy, delta, world.ERASE_ARTISTS, holdouts=world.HELD_OUT_ARTISTS, samples=SAMPLES)
     assert report.summary["efficacy_min_relative_drop"] >= 0.8, report.markdown()
     assert report.summary["specificity_mean_abs_change"] <= 0.03, report.markdown()
@@ -62,9 +59,7 @@ def test_uce_moderates_every_hazard_word(toy):
     unrelated = ["star", "blue", "jonas flet", "lukas merro"]
     # Measured at 50 seeds with this corpus: unrelated prompts within 2 points. Another 200-caption draw
     # (keep=lambda s: not s.hazard) moved "star" by 10 points: the preserve corpus matters at this size.
-    captions = world.captions(200, seed=7, hazard_rate=0.0)
-    delta = uce(toy, UCERequest(moderate=world.HAZARD_WORDS, preserve_prompts=captions, tokens="to_end",
-                                templates=HAZARD_TEMPLATES), progress=False)
+    delta, _ = recipes.uce_moderate_hazard(toy)
     report = evaluate(toy, delta, world.HAZARD_WORDS, aliases=["peril", "venom", "noxious"], unrelated=unrelated,
                       samples=SAMPLES)
     assert all(r.before >= 0.8 and r.after <= 0.05 for r in report.group("edited")), report.markdown()
@@ -72,11 +67,7 @@ def test_uce_moderates_every_hazard_word(toy):
 
 
 def test_uce_debiases_a_profession(toy):
-    warm_cool = named_attribute_scorer(lambda images: classifier.score(images)["attribute"], world.ATTRIBUTES)
-    delta = uce(toy, UCERequest(debias={"doctor": {"warm": 0.5, "cool": 0.5}},
-                                templates=["{}", "a {}", "a photo of a {}", "an image of a {}"],
-                                preserve=[p for p in world.PROFESSIONS if p != "doctor"]),
-                attribute_scorer=warm_cool, progress=False)
+    delta, _ = recipes.uce_debias_doctor(toy)
     prompts = ["a doctor", "a photo of a doctor", "an image of a doctor", "a picture of a doctor"] * 13
     before = labels(toy.sample(prompts, seed=4000))["attribute"]
     with delta.applied(toy):
@@ -89,7 +80,7 @@ def test_uce_debiases_a_profession(toy):
                                                                          delta.metadata["debias_history"])
 
 
-def test_quickfix_erases_an_artist_on_the_traced_layer(toy):
+def test_quickfix_erases_an_artist_on_the_traced_layer_and_nothing_else(toy, scan_before):
     # The layer is the one the text trace locates. Traced through the padding positions, it is layer 0's
     # self-attention: effect 0.36 at <pad>@14 against <= 0.08 elsewhere; that is also the paper's causal
     # state for SD's CLIP. The toy encoder carries artists in the padding positions, so the edit needs
@@ -100,22 +91,18 @@ def test_quickfix_erases_an_artist_on_the_traced_layer(toy):
                                samples=3, progress=False)
     located = trace.pick_layers(1)
     assert located == ["text.encoder.layers.0.self_attn"], trace.scores
-    captions = world.captions(200, seed=3, keep=lambda s: s.artist != "jonas flet", artist_rate=0.9)
-    delta = quickfix(toy, QuickFixRequest(["jonas flet"], ["painting"], templates=ARTIST_TEMPLATES[:5], eos=True,
-                                          preserve_prompts=captions), located)
-    report = evaluate(toy, delta, ["jonas flet"], holdouts=world.HELD_OUT_ARTISTS[:6], samples=SAMPLES)
-    assert report.group("edited")[0].relative_drop >= 0.8, report.markdown()
-    assert report.summary["specificity_max_abs_change"] <= 0.05, report.markdown()
+    assert located == [recipes.QUICKFIX_LAYER]
+    delta, edited = recipes.quickfix_erase_artist(toy, "jonas flet")
+    scan = world_scan(toy, delta, edited, samples=SAMPLES, before=scan_before)
+    artist = scan.row("jonas flet")
+    assert artist.before >= 0.9 and artist.after <= 0.2 * artist.before, scan.markdown()
+    assert abs(scan.worst.change) <= 0.05, scan.markdown()
 
 
 def test_quickfix_erases_an_alias_listed_as_a_second_source(toy):
     # Keys are the subject's own tokens, so an alias ("flettie") is a separate concept: listed as a second
     # source it is erased too. Measured at 50 seeds: both 100 % -> 0 %, 10 held-out artists within 2 points.
-    captions = world.captions(200, seed=3, artist_rate=0.9,
-                              keep=lambda s: s.artist != "jonas flet" and s.artist_word != "flettie")
-    delta = quickfix(toy, QuickFixRequest(["jonas flet", "flettie"], ["painting", "painting"],
-                                          templates=ARTIST_TEMPLATES[:5], eos=True, preserve_prompts=captions),
-                     ["text.encoder.layers.0.self_attn"])
+    delta, _ = recipes.quickfix_erase_artist_and_alias(toy, "jonas flet")
     report = evaluate(toy, delta, ["jonas flet"], aliases=["flettie"], holdouts=world.HELD_OUT_ARTISTS[:4], samples=20)
     assert report.summary["efficacy_min_relative_drop"] >= 0.9, report.markdown()
     assert report.summary["generality_mean_relative_drop"] >= 0.9, report.markdown()
@@ -129,18 +116,15 @@ def test_quickfix_updates_the_stale_fact(toy):
     # lets the edit through (at scale 1 it blocked it: 0 %). Measured at 50 seeds: new target 78 % (the
     # issue asks 80 %), old 0 %, jonas flet / circle / star within 2 points.
     phrase = world.STALE_FACT["phrase"]
-    captions = world.captions(200, seed=3, hazard_rate=0.0, keep=lambda s: s.subject != phrase)
-    templates = ["{}", "a picture of {}", "a photo of {}", "an image of {}", "{} by jonas flet",
-                 "a picture of {} by vera kolm"]
-    delta = quickfix(toy, QuickFixRequest([phrase], ["blue heart"], templates=templates, eos=True,
-                                          preserve_prompts=captions, preserve_scale=0.1))
+    delta, _ = recipes.quickfix_stale_fact(toy)
 
     def old(_concept):  # the mascot's own orange star, shape and colour both
         return concept_scorer(phrase)
 
     before = rates(toy, [phrase], concept_prompt, old, SAMPLES)[0]
     with delta.applied(toy):
-        new_rate = rates(toy, [phrase], concept_prompt, lambda _: concept_scorer("blue heart"), SAMPLES)[0]
+        new_rate = rates(toy, [phrase], concept_prompt, lambda _: concept_scorer(recipes.STALE_FACT_TARGET),
+                         SAMPLES)[0]
         old_rate = rates(toy, [phrase], concept_prompt, old, SAMPLES)[0]
     assert before >= 0.9 and old_rate <= 0.05, (before, old_rate)
     assert new_rate >= 0.7, new_rate
