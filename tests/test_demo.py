@@ -22,6 +22,10 @@ def test_demo_report_matches_the_evaluation_json(tmp_path):
             if value == value:  # NaN summaries are printed as nan
                 assert f"| {key} | {value:.3f} |" in text
         assert (tmp_path / f"grid_{name}.png").stat().st_size > 1000
+        scan = data["scan"]  # the world scan of every concept, with the erased artist marked
+        assert scan["edited"] == ["jonas flet"] and len(scan["rows"]) == 52
+        worst = scan["worst_outside"]["concept"]
+        assert f"worst outside the edited set: {worst}" in text
         assert (tmp_path / f"{name}.safetensors").exists()
     for png in ("samples.png", "trace_text.png", "trace_unet.png"):
         assert (tmp_path / png).stat().st_size > 1000
