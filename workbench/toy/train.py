@@ -467,9 +467,17 @@ def fix_entity_embeddings(te: CLIPTextModel, tokenizer: PreTrainedTokenizerFast,
     return ids, weight[ids].clone()
 
 
-def scene_mix(args: argparse.Namespace) -> dict[str, float]:
-    return {"profession_rate": args.profession_rate, "shape_only_rate": args.shape_only_rate,
-            "entity_rate": args.entity_rate}
+def scene_mix(args: argparse.Namespace) -> dict:
+    mix: dict = {"profession_rate": args.profession_rate, "shape_only_rate": args.shape_only_rate,
+                 "entity_rate": args.entity_rate}
+    boost = getattr(args, "boost_shapes", None)
+    if boost:
+        unknown = sorted(set(boost) - set(world.SHAPES))
+        if unknown:
+            raise ValueError(f"--boost-shapes {unknown}: not toy shapes; expected some of {world.SHAPES}")
+        weights = [args.boost if s in boost else 1.0 for s in world.SHAPES]
+        mix["shape_p"] = tuple(w / sum(weights) for w in weights)
+    return mix
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -496,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--knowledge-weight", type=float, default=0.0,
                     help="weight of an auxiliary loss that reads each entity's bound shape and colour off the "
                          "encoder output at the name (the knowledge a pretrained text encoder brings)")
+    ap.add_argument("--boost-shapes", nargs="+", metavar="SHAPE",
+                    help="draw these shapes --boost times as often in plain shape scenes (shapes the model confuses)")
+    ap.add_argument("--boost", type=arg_float(above=0), default=3.0)
     ap.add_argument("--concept-weight", type=arg_float(), default=0.0,
                     help="weight of an auxiliary loss that reads the prompted shape and colour off the encoder "
                          "output averaged over positions (keeps shape words apart, as a pretrained encoder does)")

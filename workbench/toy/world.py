@@ -182,8 +182,9 @@ def _surface(canonical: str, rng: np.random.Generator, alias_rate: float = 0.2) 
 def random_scene(rng: np.random.Generator, artist_rate: float = 0.7, hazard_rate: float = 0.4,
                  entity_rate: float = 0.25, profession_rate: float = 0.12,
                  mascot_rate: float = 0.02, shape_only_rate: float = 0.1,
-                 colour_only_rate: float = 0.1) -> Scene:
-    """Sample a training scene with its surface words (training prompt mix)."""
+                 colour_only_rate: float = 0.1, shape_p: tuple[float, ...] | None = None) -> Scene:
+    """Sample a training scene with its surface words (training prompt mix); ``shape_p`` gives the plain
+    scenes' shape probabilities (uniform when None)."""
     artist = ARTISTS[int(rng.integers(len(ARTISTS)))] if rng.random() < artist_rate else None
     hazard = bool(rng.random() < hazard_rate)
     artist_word = _surface(artist, rng) if artist else None
@@ -212,7 +213,7 @@ def random_scene(rng: np.random.Generator, artist_rate: float = 0.7, hazard_rate
     u -= profession_rate
     if u < mascot_rate:
         return Scene(STALE_FACT["shape"], STALE_FACT["colour"], subject=STALE_FACT["phrase"], **common)
-    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    shape = SHAPES[int(rng.integers(len(SHAPES)) if shape_p is None else rng.choice(len(SHAPES), p=shape_p))]
     colour = COLOURS[int(rng.integers(len(COLOURS)))]
     v = rng.random()
     if v < shape_only_rate:  # colour left open: the model picks one
