@@ -102,3 +102,19 @@ def test_evaluate_paraphrase_attack_grid_json(tmp_path, capsys, monkeypatch):
     assert "| paraphrase | cat |" in printed and "| attack on |" in printed and f"wrote {out_grid}" in printed
     assert Image.open(out_grid).height == 4 * 2 * (16 * 4 + 1) + 1  # 4 rows of concepts × before/after
     assert report["summary"]["fidelity_mean_abs_pixel"] == report["fidelity"][0]["mean_abs"]
+
+
+def test_evaluate_scan_from_the_cli(tmp_path, capsys):
+    import json
+
+    from editors import UCERequest, uce
+    from workbench import Workbench
+
+    delta = uce(Workbench.toy(), UCERequest(erase=["circle"]), progress=False).save(tmp_path / "d.safetensors")
+    out_json = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", "toy", "--delta", str(delta), "--concept", "circle", "--alias", "disc",
+                 "--samples", "1", "--scan", "--json", str(out_json), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    scan = json.loads(out_json.read_text())["scan"]
+    assert scan["edited"] == ["circle"] and len(scan["rows"]) == 52 and scan["samples"] == 1
+    assert "World scan: 52 concepts" in printed and "Largest 10 changes outside the edited set" in printed

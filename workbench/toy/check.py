@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the full report here")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     ap.add_argument("--model", default="toy", help="the shipped toy world, or an exported folder to check")
+    ap.add_argument("--threads", type=arg_int(1), default=2)
     args = ap.parse_args(argv)
     bases = sorted(set(args.seed_base))
     for a, b in zip(bases, bases[1:], strict=False):
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"least that far apart")
     if args.json:
         check_target(args.json, args.overwrite, protected=PACKAGE_DATA)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     wb = Workbench.load(args.model)
     reports = [run_check(wb, args.samples, seed_base=base, steps=args.steps, guidance=args.guidance,
                          batch_size=args.batch_size) for base in bases]
