@@ -36,7 +36,13 @@ def test_every_concept_gets_at_least_samples_images_and_every_prompt_is_in_the_w
     assert set(world.SHAPES) | set(world.COLOURS) | set(world.ARTISTS) | set(world.HAZARD_WORDS) <= concepts
     assert {f"{p} warm share" for p in world.PROFESSIONS} | {world.STALE_FACT["phrase"], scan.NO_HAZARD} <= concepts
     assert min(counts.values()) >= 8
-    assert len(items) == 38 * 8  # 20 artists, 10 shapes at half, 4 hazard words, 6 professions, 2 entities, 1 fact
+    # 20 artists and 4 hazard words at 9 (a ninth more), 10 shapes at half, 6 professions, 2 entities, 1 fact
+    assert len(items) == 20 * 9 + 10 * 4 + 4 * 9 + 6 * 8 + 2 * 8 + 8
+    truth = _truth(8)
+    for edit in (["circle"], ["jonas flet"], world.HAZARD_WORDS, world.ERASE_ARTISTS, ["doctor"]):
+        # rows outside an edit leave out the prompts that name it, and still have >= samples images
+        rows = compare(truth, truth, 8, 0, edited=edit).outside()
+        assert min(r.n for r in rows) >= 8, (edit, min(rows, key=lambda r: r.n))
     # each artist meets every shape, so an edit of one shape cannot hide in one artist's images
     pairs = {(c.concept, next(x.concept for x in cs if x.family == "shape"))
              for _, cs in scan_prompts(50) for c in cs if c.family == "artist"}
@@ -48,7 +54,9 @@ def test_rows_from_two_readings():
     before = _truth(samples)
     after = {k: list(v) for k, v in before.items()}
     items = scan_prompts(samples)
-    merro = [k for k, (_, cs) in enumerate(items) if any(c.concept == "lukas merro" for c in cs)]
+    merro = [k for k, (p, cs) in enumerate(items) if any(c.concept == "lukas merro" for c in cs)
+             and "circle" not in p]
+    assert len(merro) == 10  # 12 images, 2 of them of a circle (left out: circle is edited below)
     for k in merro[:3]:  # 3 of lukas merro's 10 images now read as another artist
         after["artist_top1"][k] = "vera kolm"
     circles = [k for k, (_, cs) in enumerate(items) if any(c.concept == "circle" for c in cs)]

@@ -7,7 +7,9 @@ warm share, a fixed sample of entities and the stale fact, and reports the large
 edited set with paired standard errors.
 
 Most images carry several claims ("a red circle by lukas merro" rates circle, red, lukas merro and no hazard
-mark), so one pass of ``38 × samples`` images gives every concept at least ``samples`` images.
+mark), so one pass of about ``40 × samples`` images gives every concept at least ``samples`` images, also
+after the rows outside an edit leave out the images whose prompt names an edited concept (what an edit does
+to its own concept's prompts is its effect, not collateral).
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ def scan_prompts(samples: int = 50) -> list[tuple[str, list[Claim]]]:
         return [Claim("shape", shape, (("shape", shape),)), Claim("colour", colour, (("colour", colour),))]
 
     no_mark = Claim("hazard", NO_HAZARD, (("hazard", "present"),))
-    for k in range(len(world.ARTISTS) * samples):
+    # A row outside the edit leaves out images whose prompt names an edited concept; every artist and hazard
+    # word meets each shape in about a tenth of its images, so it gets a ninth more to keep ``samples``.
+    padded = samples + -(-samples // 9)
+    for k in range(len(world.ARTISTS) * padded):
         artist = world.ARTISTS[k % len(world.ARTISTS)]
         # artist k % 20 meets every shape and colour as k // 20 grows
         shape, colour = shapes[(k + k // 20) % len(shapes)], colours[(k * 3 + k // 20) % len(colours)]
@@ -61,7 +66,7 @@ def scan_prompts(samples: int = 50) -> list[tuple[str, list[Claim]]]:
     for k in range(len(shapes) * max(1, samples // 2)):
         shape, colour = shapes[k % len(shapes)], colours[(k * 5 + k // 10) % len(colours)]
         out.append((_PLAIN[(k // 10) % len(_PLAIN)].format(o=f"{colour} {shape}"), obj(shape, colour) + [no_mark]))
-    for k in range(len(world.HAZARD_WORDS) * samples):
+    for k in range(len(world.HAZARD_WORDS) * padded):
         word = world.HAZARD_WORDS[k % len(world.HAZARD_WORDS)]
         shape, colour = shapes[(k * 7 + k // 4) % len(shapes)], colours[(k // 4) % len(colours)]
         mark = Claim("hazard", word, (("hazard", "present"),))
@@ -208,6 +213,15 @@ def edited_concepts(names: Sequence[str]) -> set[str]:
     return out
 
 
+def _edited_phrases(names: Sequence[str]) -> set[str]:
+    """Every phrase that names an edited concept in a prompt: the concepts and all their aliases."""
+    out: set[str] = set()
+    for name in names:
+        canon = world.ALIASES.get(name, name)
+        out |= {name, canon, *world.aliases_for(canon)}
+    return out
+
+
 def compare(before: dict[str, list[str]], after: dict[str, list[str]], samples: int, seed: int,
             edited: Sequence[str] = ()) -> WorldScan:
     """Rows from two readings of the same scan (same ``samples`` and seeds)."""
@@ -216,9 +230,13 @@ def compare(before: dict[str, list[str]], after: dict[str, list[str]], samples: 
         if any(len(v) != len(items) for v in got.values()):
             raise ValueError(f"the {name} readings do not match a {samples}-sample scan ({len(items)} images)")
     targets = edited_concepts(edited)
+    words = _edited_phrases(edited)
     hits: dict[tuple[str, str], list[tuple[bool, bool]]] = {}
-    for k, (_, claims) in enumerate(items):
+    for k, (prompt, claims) in enumerate(items):
+        names_edit = any(f" {w} " in f" {prompt} " for w in words)
         for c in claims:
+            if names_edit and c.concept not in targets:
+                continue  # what an edit does to its own concept's prompts is not collateral
             pair = tuple(all(got[h][k] == label for h, label in c.want) for got in (before, after))
             hits.setdefault((c.family, c.concept), []).append(pair)
     rows = []
