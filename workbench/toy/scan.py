@@ -14,6 +14,7 @@ to its own concept's prompts is its effect, not collateral).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -172,8 +173,6 @@ class WorldScan:
         return cls(rows, d["samples"], d["seed"], list(d["edited"]))
 
     def save_json(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        import json
-
         return write_text(path, json.dumps(self.to_dict(), indent=2), overwrite=overwrite)
 
     def markdown(self, top: int = 10) -> str:
@@ -257,8 +256,7 @@ def world_scan(wb, delta, edited: Sequence[str] = (), *, samples: int = 50, seed
     ``edited`` names the concepts the edit targets (aliases resolve to their concept); every other row is
     "outside". ``before`` reuses readings of the unedited model from :func:`scan_readings` (same ``samples``
     and ``seed``) when several edits are scanned."""
-    targets = edited_concepts(edited)  # fail on a bad name before generating anything
-    del targets
+    edited_concepts(edited)  # fail on a bad name before generating anything
     delta.check_base(wb)
     if before is None:
         before = scan_readings(wb, samples, seed, batch_size=batch_size, progress=progress)
