@@ -3,6 +3,7 @@ knowledge loss, and entity embeddings held fixed through training."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from transformers import CLIPTextModel
@@ -58,3 +59,30 @@ def test_fixed_entity_embeddings_survive_training(tmp_path) -> None:
     others[ids] = False
     assert not torch.equal(after[others], before[others])  # the rest of the table did train
     torch.testing.assert_close(drawn.norm(dim=1), before[others].norm(dim=1).mean().expand(len(ids)))
+
+
+def test_grown_unet_starts_as_the_old_one_and_names_only_new_attention() -> None:
+    torch.manual_seed(0)
+    old = train.build_unet()
+    grown = train.build_unet(text_at_8x8=True)
+    new = train.load_grown(grown, old.state_dict())
+    assert new == ["down_blocks.0.attentions.0", "up_blocks.1.attentions.0", "up_blocks.1.attentions.1"]
+    x, cond = torch.randn(2, 48, 8, 8), torch.randn(2, train.MAX_LENGTH, 128)
+    with torch.no_grad():
+        a = old(x, 700, encoder_hidden_states=cond).sample
+        b = grown(x, 700, encoder_hidden_states=cond).sample
+    assert torch.equal(a, b)
+    for name in new:  # the text does reach the new layers: only their output projection is zero
+        assert grown.get_submodule(name).proj_out.weight.abs().max() == 0
+        assert grown.get_submodule(name).proj_in.weight.abs().max() > 0
+
+
+def test_grown_unet_refuses_a_state_that_differs_beyond_the_new_attention() -> None:
+    state = train.build_unet().state_dict()
+    state["conv_in.weight"] = state["conv_in.weight"][:, :3]
+    with pytest.raises(ValueError, match="conv_in.weight"):
+        train.load_grown(train.build_unet(text_at_8x8=True), state)
+    state = train.build_unet().state_dict()
+    del state["conv_out.bias"]
+    with pytest.raises(ValueError, match="beyond new attention at 8x8"):
+        train.load_grown(train.build_unet(text_at_8x8=True), state)

@@ -75,14 +75,15 @@ def build_text_encoder(tokenizer: PreTrainedTokenizerFast) -> CLIPTextModel:
     return CLIPTextModel(cfg)
 
 
-def build_unet() -> UNet2DConditionModel:
-    # Cross-attention at 4x4 and in the mid block only; class_embed_type=None so text enters
-    # only through cross-attention, which research round 3 found learns hazard much faster.
+def build_unet(text_at_8x8: bool = False) -> UNet2DConditionModel:
+    # Cross-attention at 4x4 and in the mid block (and with ``text_at_8x8`` at 8x8 too); class_embed_type=None
+    # so text enters only through cross-attention, which research round 3 found learns hazard much faster.
+    outer = "CrossAttn" if text_at_8x8 else ""
     return UNet2DConditionModel(
         sample_size=world.IMAGE_SIZE // FACTOR, in_channels=3 * FACTOR**2, out_channels=3 * FACTOR**2,
         block_out_channels=(64, 128), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=(f"{outer}DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", f"{outer}UpBlock2D"),
         mid_block_type="UNetMidBlock2DCrossAttn",
         cross_attention_dim=128, attention_head_dim=32, class_embed_type=None)
 
@@ -256,6 +257,28 @@ def concept_loss(heads: torch.nn.Linear, hidden: torch.Tensor, ids: torch.Tensor
     return loss
 
 
+def load_grown(unet: UNet2DConditionModel, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load ``state`` (a UNet without cross-attention at 8x8) into ``unet`` (one with it); returns the new
+    attention modules' names. Each new transformer's output projection starts at zero, so the grown UNet
+    computes exactly what the old one did (its residual passes through) until training moves it."""
+    try:
+        missing, unexpected = unet.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a shape mismatch: torch lists every one; the first says enough
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+        raise ValueError(f"--init: the UNet's weights do not fit this one: {first}") from None
+    new = sorted({k.split(".attentions.")[0] + ".attentions." + k.split(".attentions.")[1].split(".")[0]
+                  for k in missing if ".attentions." in k})
+    stray = [k for k in missing if not any(k.startswith(n + ".") for n in new)]
+    if unexpected or stray:
+        raise ValueError(f"--init: the UNet differs from this one beyond new attention at 8x8 "
+                         f"(unexpected {unexpected[:3]}, missing {stray[:3]})")
+    for name in new:
+        out = unet.get_submodule(name).proj_out
+        torch.nn.init.zeros_(out.weight)
+        torch.nn.init.zeros_(out.bias)
+    return new
+
+
 def _named_params(unet: torch.nn.Module, te: torch.nn.Module) -> dict[str, torch.Tensor]:
     out = {f"unet.{k}": v for k, v in unet.state_dict().items()}
     out.update({f"text_encoder.{k}": v for k, v in te.state_dict().items()})
@@ -289,7 +312,7 @@ def save_checkpoint(run_dir: Path, step: int, args: argparse.Namespace, models: 
              "lr": args.lr, "mix": scene_mix(args), "splice_rate": args.splice_rate,
              "fixed_entity_embeddings": args.fixed_entity_embeddings,
              "high_noise_share": args.high_noise_share, "concept_weight": args.concept_weight,
-             "knowledge_weight": args.knowledge_weight,
+             "knowledge_weight": args.knowledge_weight, "text_at_8x8": args.text_at_8x8,
              "recent_loss": float(np.mean(losses[-100:])) if losses else None}
     (run_dir / "state.tmp").write_text(json.dumps(state))
     os.replace(run_dir / "state.tmp", run_dir / "state.json")
@@ -365,8 +388,8 @@ def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     run_dir = Path(args.run_dir)
     tokenizer = build_tokenizer()
-    te, unet = build_text_encoder(tokenizer), build_unet()
-    ema_te, ema_unet = build_text_encoder(tokenizer), build_unet()
+    te, unet = build_text_encoder(tokenizer), build_unet(args.text_at_8x8)
+    ema_te, ema_unet = build_text_encoder(tokenizer), build_unet(args.text_at_8x8)
     ema_te.load_state_dict(te.state_dict())
     ema_unet.load_state_dict(unet.state_dict())
     for m in (ema_te, ema_unet):
@@ -384,7 +407,11 @@ def train(args: argparse.Namespace) -> None:
 
         init = Workbench.from_pretrained(args.init)
         te.load_state_dict(init.text_encoder.state_dict())
-        unet.load_state_dict(init.unet.state_dict())
+        if args.text_at_8x8 and not any(".attentions." in k for k in init.unet.state_dict()
+                                        if k.startswith("down_blocks.0.")):
+            print(f"grown: new cross-attention {load_grown(unet, init.unet.state_dict())}", flush=True)
+        else:
+            unet.load_state_dict(init.unet.state_dict())
         ema_te.load_state_dict(te.state_dict())
         ema_unet.load_state_dict(unet.state_dict())
         print(f"initialised from {args.init}", flush=True)
@@ -512,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
                          "output averaged over positions (keeps shape words apart, as a pretrained encoder does)")
     ap.add_argument("--high-noise-share", type=arg_float(), default=0.0,
                     help="share of each batch whose timestep is drawn from the noisier half of the schedule")
+    ap.add_argument("--text-at-8x8", action="store_true",
+                    help="cross-attention at 8x8 too (with --init from a world without it, the new attention "
+                         "starts as the identity)")
     ap.add_argument("--fixed-entity-embeddings", action="store_true",
                     help="redraw the entity names' token embeddings at random (unless resuming) and keep them "
                          "fixed, so the encoder's MLPs must store each name's binding")
