@@ -86,3 +86,21 @@ def test_grown_unet_refuses_a_state_that_differs_beyond_the_new_attention() -> N
     del state["conv_out.bias"]
     with pytest.raises(ValueError, match="beyond new attention at 8x8"):
         train.load_grown(train.build_unet(text_at_8x8=True), state)
+
+
+def test_a_grown_state_into_a_plain_unet_asks_for_the_option() -> None:
+    grown = train.build_unet(text_at_8x8=True)
+    plain = train.build_unet()
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    with pytest.raises(ValueError, match="pass --text-at-8x8"):
+        train.load_grown(plain, grown.state_dict())
+    assert train.load_grown(train.build_unet(), before) == []  # same shape: nothing new, nothing refused
+
+
+def test_resume_refuses_a_run_trained_the_other_way(tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "state.json").write_text('{"step": 250, "text_at_8x8": true}')
+    with pytest.raises(ValueError, match="with --text-at-8x8; resume it the same way"):
+        train.main(["--steps", "300", "--resume", "--run-dir", str(run), "--out", str(tmp_path / "out")])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["run", "state.json"]

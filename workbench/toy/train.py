@@ -258,20 +258,23 @@ def concept_loss(heads: torch.nn.Linear, hidden: torch.Tensor, ids: torch.Tensor
 
 
 def load_grown(unet: UNet2DConditionModel, state: dict[str, torch.Tensor]) -> list[str]:
-    """Load ``state`` (a UNet without cross-attention at 8x8) into ``unet`` (one with it); returns the new
-    attention modules' names. Each new transformer's output projection starts at zero, so the grown UNet
-    computes exactly what the old one did (its residual passes through) until training moves it."""
+    """Load ``state`` into ``unet``, which may have cross-attention at 8x8 that ``state`` lacks; returns the
+    names of those new attention modules (none when the two match). Each new transformer's output projection
+    starts at zero, so the grown UNet computes exactly what the old one did (its residual passes through)
+    until training moves it. Any other difference is refused in one line."""
     try:
         missing, unexpected = unet.load_state_dict(state, strict=False)
     except RuntimeError as err:  # a shape mismatch: torch lists every one; the first says enough
         first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
         raise ValueError(f"--init: the UNet's weights do not fit this one: {first}") from None
-    new = sorted({k.split(".attentions.")[0] + ".attentions." + k.split(".attentions.")[1].split(".")[0]
-                  for k in missing if ".attentions." in k})
-    stray = [k for k in missing if not any(k.startswith(n + ".") for n in new)]
+    new = [name for name, _ in unet.named_modules()
+           if name.rsplit(".", 2)[-2:-1] == ["attentions"] and f"{name}.proj_out.weight" in missing]
+    stray = [k for k in missing if not any(k.startswith(f"{n}.") for n in new)]
     if unexpected or stray:
+        grown_init = any(".attentions." in k for k in unexpected)
+        hint = "; it has cross-attention at 8x8: pass --text-at-8x8" if grown_init else ""
         raise ValueError(f"--init: the UNet differs from this one beyond new attention at 8x8 "
-                         f"(unexpected {unexpected[:3]}, missing {stray[:3]})")
+                         f"(unexpected {unexpected[:3]}, missing {stray[:3]}){hint}")
     for name in new:
         out = unet.get_submodule(name).proj_out
         torch.nn.init.zeros_(out.weight)
@@ -384,9 +387,14 @@ def train(args: argparse.Namespace) -> None:
     if args.init and not Path(args.init).is_dir():
         raise FileNotFoundError(f"--init {args.init!r}: no such local folder (an exported toy world); nothing is "
                                 f"downloaded")
+    run_dir = Path(args.run_dir)
+    if args.resume and (run_dir / "state.json").exists():
+        saved_8x8 = json.loads((run_dir / "state.json").read_text()).get("text_at_8x8", False)
+        if saved_8x8 != args.text_at_8x8:
+            raise ValueError(f"--resume: the run in {str(run_dir)!r} was trained "
+                             f"{'with' if saved_8x8 else 'without'} --text-at-8x8; resume it the same way")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    run_dir = Path(args.run_dir)
     tokenizer = build_tokenizer()
     te, unet = build_text_encoder(tokenizer), build_unet(args.text_at_8x8)
     ema_te, ema_unet = build_text_encoder(tokenizer), build_unet(args.text_at_8x8)
@@ -407,11 +415,9 @@ def train(args: argparse.Namespace) -> None:
 
         init = Workbench.from_pretrained(args.init)
         te.load_state_dict(init.text_encoder.state_dict())
-        if args.text_at_8x8 and not any(".attentions." in k for k in init.unet.state_dict()
-                                        if k.startswith("down_blocks.0.")):
-            print(f"grown: new cross-attention {load_grown(unet, init.unet.state_dict())}", flush=True)
-        else:
-            unet.load_state_dict(init.unet.state_dict())
+        grown = load_grown(unet, init.unet.state_dict())
+        if grown:
+            print(f"grown: new cross-attention {grown}", flush=True)
         ema_te.load_state_dict(te.state_dict())
         ema_unet.load_state_dict(unet.state_dict())
         print(f"initialised from {args.init}", flush=True)
