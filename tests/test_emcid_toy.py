@@ -34,13 +34,16 @@ def entity_world():
 
 
 def test_mlp_trace_finds_entities_beyond_layer_0_only_in_the_entity_world(entity_world):
-    # Proxy restore effects at MLP layers 0-3, measured: entity world zomtrekzol 0.51 / 0.48 / 0.40 / 0.29,
-    # snobret 0.60 / 0.06 / 0.27 / 0.38 (single traces are noisy, hence the mean); base world zomtrekzol
-    # 0.43 / 0.04 / 0.02 / 0.00: there the binding comes from the token embedding, through layer 0 alone.
+    # Proxy restore effects at MLP layers 0-3 (four entities, single traces are noisy, hence the mean),
+    # measured on the entity world retrained on the 8x8-attention UNet: rows 0.57 / 0.67 / 0.35 / 0.47,
+    # 0.45 / 0.44 / 0.49 / 0.50, 0.39 / 0.18 / 0.22 / 0.33, 0.78 / 0.27 / 0.22 / 0.47 (later layers 0.38 on
+    # average, and the best layer is not always 0). In the base world the binding comes from the token
+    # embedding, through layer 0 alone, so layer 0 is always best there.
     later = {}
     for name, wb in (("entities", entity_world), ("base", Workbench.toy())):
         effects = np.array([mlp_effects(wb, entity) for entity in TRACED])
-        assert (effects.argmax(1) == 0).all(), (name, effects)
+        if name == "base":
+            assert (effects.argmax(1) == 0).all(), (name, effects)
         later[name] = float(effects[:, 1:].mean())
     assert later["entities"] >= 0.3 and later["base"] <= 0.12, later
 

@@ -3,6 +3,8 @@ knowledge loss, and entity embeddings held fixed through training."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -48,6 +50,8 @@ def test_fixed_entity_embeddings_survive_training(tmp_path) -> None:
     train.main(["--init", "workbench/toy/weights", "--steps", "2", "--batch", "8", "--threads", "1",
                 "--run-dir", str(tmp_path / "run"), "--out", str(out), "--entity-rate", "0.5",
                 "--splice-rate", "0.5", "--knowledge-weight", "0.1", "--fixed-entity-embeddings"])
+    # The shipped world has cross-attention at 8x8; a fine-tune keeps it without being told.
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["text_at_8x8"] is True
     tok = train.build_tokenizer()
     ids = train.entity_ids(tok)
     before = CLIPTextModel.from_pretrained("workbench/toy/weights/text_encoder").get_input_embeddings().weight

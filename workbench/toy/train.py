@@ -257,6 +257,14 @@ def concept_loss(heads: torch.nn.Linear, hidden: torch.Tensor, ids: torch.Tensor
     return loss
 
 
+def init_has_text_at_8x8(folder: Path) -> bool:
+    config = folder / "unet" / "config.json"
+    if not config.is_file():
+        return False  # the load below names what is missing
+    blocks = json.loads(config.read_text()).get("down_block_types") or [""]
+    return blocks[0].startswith("CrossAttn")
+
+
 def load_grown(unet: UNet2DConditionModel, state: dict[str, torch.Tensor]) -> list[str]:
     """Load ``state`` into ``unet``, which may have cross-attention at 8x8 that ``state`` lacks; returns the
     names of those new attention modules (none when the two match). Each new transformer's output projection
@@ -387,6 +395,10 @@ def train(args: argparse.Namespace) -> None:
     if args.init and not Path(args.init).is_dir():
         raise FileNotFoundError(f"--init {args.init!r}: no such local folder (an exported toy world); nothing is "
                                 f"downloaded")
+    if args.init and not args.text_at_8x8 and init_has_text_at_8x8(Path(args.init)):
+        # A fine-tune keeps its init's structure: nothing would say which weights to drop.
+        args.text_at_8x8 = True
+        print(f"--init {args.init!r} has cross-attention at 8x8: training with it", flush=True)
     run_dir = Path(args.run_dir)
     if args.resume and (run_dir / "state.json").exists():
         saved_8x8 = json.loads((run_dir / "state.json").read_text()).get("text_at_8x8", False)
@@ -547,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of each batch whose timestep is drawn from the noisier half of the schedule")
     ap.add_argument("--text-at-8x8", action="store_true",
                     help="cross-attention at 8x8 too (with --init from a world without it, the new attention "
-                         "starts as the identity)")
+                         "starts as the identity; an --init that has it keeps it without this flag)")
     ap.add_argument("--fixed-entity-embeddings", action="store_true",
                     help="redraw the entity names' token embeddings at random (unless resuming) and keep them "
                          "fixed, so the encoder's MLPs must store each name's binding")
