@@ -7,6 +7,10 @@ Printed per recipe: the edited rows, the largest change outside the edited set w
 error, and the mean absolute change per family.
 
     python benchmarks/world_scan_editors.py [--samples 50] [--only "UCE erase circle" ...] [--json FILE]
+        [--readings FILE] [--threads N]
+
+``--readings FILE`` keeps the "before" readings: read from FILE when it exists (same samples and seed), else
+written there, so two one-thread processes can split the recipes and share one "before" pass.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -30,11 +35,22 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=list(RECIPES))
     ap.add_argument("--top", type=int, default=5, help="largest outside changes printed per recipe")
     ap.add_argument("--json")
+    ap.add_argument("--readings", type=Path, help="the 'before' readings: reused if present, else written")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     wb = Workbench.toy()
     t0 = time.perf_counter()
-    before = scan_readings(wb, args.samples, args.seed, progress=True)
+    key = {"samples": args.samples, "seed": args.seed}
+    if args.readings and args.readings.exists():
+        saved = json.loads(args.readings.read_text())
+        if saved["key"] != key:
+            raise SystemExit(f"{args.readings} holds readings for {saved['key']}, not {key}")
+        before = saved["readings"]
+    else:
+        before = scan_readings(wb, args.samples, args.seed, progress=True)
+        if args.readings:
+            write_text(args.readings, json.dumps({"key": key, "readings": before}))
     print(f"before: {time.perf_counter() - t0:.0f} s", flush=True)
     results = {}
     for name in args.only or list(RECIPES):

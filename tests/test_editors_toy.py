@@ -23,10 +23,12 @@ def toy():
 
 @pytest.fixture(scope="module")
 def scan_before(toy):
-    """The world scan's readings of the unedited toy world, shared by the edits scanned below."""
+    """The world scan's readings of the unedited toy world, shared by the edits scanned below (their tests carry
+    one xdist_group, so a parallel run generates it once)."""
     return scan_readings(toy, SAMPLES)
 
 
+@pytest.mark.xdist_group("world_scan")
 def test_uce_erases_one_shape_and_nothing_else_in_the_world(toy, scan_before):
     # The README's first recipe. Preserving the other shapes alone was not enough: the whole-world scan found
     # "lukas merro" down 26-30 points and "ring" 10 (to_end keys reach the padding positions, where the toy
@@ -44,16 +46,20 @@ def test_uce_erases_one_shape_and_nothing_else_in_the_world(toy, scan_before):
     assert report.group("alias")[0].relative_drop >= 0.7, report.markdown()
 
 
-def test_uce_erases_ten_artists_and_keeps_the_ten_held_out(toy):
+@pytest.mark.xdist_group("world_scan")
+def test_uce_erases_ten_artists_and_nothing_else_in_the_world(toy, scan_before):
     # Preserving the held-out artists as concepts alone was not enough (they fell by up to 70 points): the
     # toy encoder carries artists in its padding positions. Captions naming them, as whole preserve
-    # prompts, keep them. Measured at 50 seeds: every erased artist -> 0 %; held-out mean change 1 point,
-    # max 6 (ravi ostrem, 56 % -> 50 %; the issue's target is 5).
-    delta, _ = recipes.uce_erase_artists(toy)
-    report = evaluate(toy, delta, world.ERASE_ARTISTS, holdouts=world.HELD_OUT_ARTISTS, samples=SAMPLES)
-    assert report.summary["efficacy_min_relative_drop"] >= 0.8, report.markdown()
-    assert report.summary["specificity_mean_abs_change"] <= 0.03, report.markdown()
-    assert report.summary["specificity_max_abs_change"] <= 0.08, report.markdown()
+    # prompts, keep them. Measured on the shipped (stage 5) world, world scan at 50+ images per concept,
+    # seeds from 0: eight of the ten erased artists 93-100 -> 0 %, oren plaske 95 -> 5 %, noor halvik
+    # 98 -> 23 % (mean after 2.9 %); worst outside "pilot" warm share -4.0 ± 2.8, ring -3.8 ± 1.9, every
+    # other concept within 3 points.
+    delta, edited = recipes.uce_erase_artists(toy)
+    scan = world_scan(toy, delta, edited, samples=SAMPLES, before=scan_before)
+    erased = [scan.row(a) for a in world.ERASE_ARTISTS]
+    assert all(r.edited and r.before >= 0.9 and r.after <= 0.3 * r.before for r in erased), scan.markdown()
+    assert sum(r.after for r in erased) / len(erased) <= 0.05, scan.markdown()
+    assert abs(scan.worst.change) <= 0.05, scan.markdown()
 
 
 def test_uce_moderates_every_hazard_word(toy):
@@ -84,6 +90,7 @@ def test_uce_debiases_a_profession(toy):
                                                                          delta.metadata["debias_history"])
 
 
+@pytest.mark.xdist_group("world_scan")
 def test_quickfix_erases_an_artist_on_the_traced_layer_and_nothing_else(toy, scan_before):
     # The layer is the one the text trace locates. Traced through the padding positions, it is layer 0's
     # self-attention: effect 0.36 at <pad>@14 against <= 0.08 elsewhere; that is also the paper's causal

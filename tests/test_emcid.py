@@ -135,7 +135,9 @@ def test_stage_one_does_not_depend_on_how_concepts_are_batched(model):
     req = EMCIDRequest(EDITS, samples="noise", **FAST)
     a = stage_one(model, req, "text.encoder.layers.2", batch_concepts=1)
     b = stage_one(model, req, "text.encoder.layers.2", batch_concepts=3)
-    assert torch.allclose(a.targets, b.targets, atol=1e-5)
+    # Float reduction order depends on the batch and the thread count: at one thread the targets (|t| ~ 5)
+    # differ by ~1e-4 after three Adam steps; concepts leaking into each other's batch would move them by ~1.
+    torch.testing.assert_close(a.targets, b.targets, rtol=1e-4, atol=5e-4)
 
 
 def test_emcid_is_deterministic_for_a_seed(model):
