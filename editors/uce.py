@@ -366,10 +366,14 @@ def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None,
     concepts = list(req.debias)
     attrs = {c: list(req.debias[c]) for c in concepts}
     want = {c: torch.tensor([req.debias[c][a] for a in attrs[c]]) for c in concepts}
-    # Keys at the concept's last token in every template context; attributes read in the same contexts.
-    c_keys = {c: torch.cat(concept_keys(wb, [c], "last", req.templates)[0]) for c in concepts}
-    a_keys = {c: torch.stack([torch.cat(k) for k in concept_keys(wb, attrs[c], "last", req.templates)])
-              for c in concepts}
+    # Keys at the concept's last token (or through the padding, tokens="to_end") in every template context;
+    # attributes read in the same contexts, each template's spans cut to the shortest.
+    c_keys, a_keys = {}, {}
+    for c in concepts:
+        spans = concept_keys(wb, [c, *attrs[c]], req.tokens, req.templates)
+        lengths = [min(len(per[j]) for per in spans) for j in range(len(req.templates))]
+        cut = [torch.cat([k[:n] for k, n in zip(per, lengths, strict=True)]) for per in spans]
+        c_keys[c], a_keys[c] = cut[0], torch.stack(cut[1:])
     alpha = {c: torch.zeros(len(attrs[c])) for c in concepts}
     history = []
     best, best_gap = None, float("inf")

@@ -96,8 +96,7 @@ def test_quickfix_erases_an_artist_on_the_traced_layer_and_nothing_else(toy, sca
     # self-attention: effect 0.36 at <pad>@14 against <= 0.08 elsewhere; that is also the paper's causal
     # state for SD's CLIP. The toy encoder carries artists in the padding positions, so the edit needs
     # `eos=True`, and then captions of other artists as whole preserve prompts (without them every artist
-    # fell to ~0 %). Measured at 50 seeds: 100 % -> 0 %, held-out artists within 2 points; the alias
-    # "flettie" is NOT erased (100 % -> 96 %).
+    # fell to ~0 %). The alias "flettie" is not erased (its own token; the next test lists it as a source).
     trace = trace_text_encoder(toy, "a red circle by jonas flet", "jonas flet", kind="self_attn", tokens="all",
                                samples=3, progress=False)
     located = trace.pick_layers(1)
@@ -107,12 +106,13 @@ def test_quickfix_erases_an_artist_on_the_traced_layer_and_nothing_else(toy, sca
     scan = world_scan(toy, delta, edited, samples=SAMPLES, before=scan_before)
     artist = scan.row("jonas flet")
     assert artist.before >= 0.9 and artist.after <= 0.2 * artist.before, scan.markdown()
-    # The world scan finds what the held-out artists did not show (measured, 50+ images per concept): every
-    # other artist within 3.6 points, but entities -9.0 ± 3.2, "doctor" warm share -8.0 ± 3.9 and ring
-    # -7.7 ± 2.2. The issue's 5-point bar is missed outside the artist family; the recipe is still to fix
-    # (issue 18), so the test holds the measured level and the artists at the bar.
-    assert abs(scan.worst.change) <= 0.12, scan.markdown()
-    assert all(abs(r.change) <= 0.05 for r in scan.outside() if r.family == "artist"), scan.markdown()
+    # The first recipe (target "painting", 200 other-artist captions at scale 1) moved ring -7.8, cross -5.2
+    # and the entities -9 points. The target now has the source's word count ("a painting": the positions
+    # after the subject pair up at the same absolute positions) and the preserve set adds 200 captions from
+    # every family, at scale 0.5 (at 1 it blocks the edit). Measured on the shipped world, 50+ images per
+    # concept: seeds from 0: 100 -> 0 %, worst outside ring -4.5 ± 1.7, entities -4.0 ± 2.4; the same recipe
+    # at seeds from 10,000,000 (checked after it was chosen at 0): 100 -> 0 %, ring -4.5 ± 1.7, cross -3.9.
+    assert abs(scan.worst.change) <= 0.05, scan.markdown()
 
 
 def test_quickfix_erases_an_alias_listed_as_a_second_source(toy):

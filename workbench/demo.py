@@ -45,12 +45,12 @@ def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str =
 
 def _run(out: Path, model: str, subject: str, prompt: str | None, trace_samples: int, eval_samples: int,
          attack: bool, progress: bool) -> None:
-    from editors import QuickFixRequest, UCERequest, quickfix, uce
+    from editors import UCERequest, uce
     from tracing import trace_text_encoder, trace_unet
     from tracing.plot import save_heatmap
 
     from .evaluate import evaluate
-    from .toy import world
+    from .toy import recipes, world
     from .toy.check import ARTIST_TEMPLATES
     from .toy.scan import scan_readings, world_scan
 
@@ -95,8 +95,7 @@ def _run(out: Path, model: str, subject: str, prompt: str | None, trace_samples:
     edits = {
         "uce": uce(wb, UCERequest(erase=[subject], preserve=holdouts, preserve_prompts=captions, tokens="to_end",
                                   templates=templates), unet_layers, progress=False),
-        "quickfix": quickfix(wb, QuickFixRequest([subject], ["painting"], templates=templates, eos=True,
-                                                 preserve_prompts=captions), [text_layer]),
+        "quickfix": recipes.quickfix_erase_artist(wb, subject, text_layer)[0],  # the README's recipe
     }
     for name, delta in edits.items():
         delta.save(out / f"{name}.safetensors")

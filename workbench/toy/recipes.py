@@ -69,30 +69,62 @@ def uce_debias_doctor(wb):
 
     UCERequest, uce = _uce()
     warm_cool = named_attribute_scorer(lambda images: classifier.score(images)["attribute"], world.ATTRIBUTES)
+    # Keys at the last token only, with the other professions preserved, took the whole world with the
+    # doctor (world scan: every hazard word 100 -> 0 %, shapes -51 points on average; the doctor's key shares
+    # directions with every word in the toy's 128 dimensions). Through the padding (to_end) with 200
+    # profession-rich captions kept whole, the rest of the world holds; the other professions still cool a
+    # little (README).
+    captions = world.captions(200, seed=21, keep=lambda s: s.profession != "doctor", profession_rate=0.5)
     request = UCERequest(debias={"doctor": {"warm": 0.5, "cool": 0.5}},
                          templates=["{}", "a {}", "a photo of a {}", "an image of a {}"],
-                         preserve=[p for p in world.PROFESSIONS if p != "doctor"])
+                         preserve=[p for p in world.PROFESSIONS if p != "doctor"], preserve_prompts=captions,
+                         tokens="to_end")
     return uce(wb, request, attribute_scorer=warm_cool, progress=False), ["doctor"]
 
 
-def quickfix_erase_artist(wb, artist: str = "jonas flet"):
+def _neutral(source: str) -> str:
+    """The Diff-QuickFix target for an erased artist name: "painting", padded to the source's word count (the
+    toy tokenizer is word-level), so the positions after the subject pair up at the same absolute positions."""
+    words = len(source.split())
+    if words > 2:
+        raise ValueError(f"no neutral target of {words} words for {source!r}; the toy world's names have 1 or 2")
+    return "painting" if words == 1 else "a painting"
+
+
+def artist_preserve_captions(names: set[str], seed: int = 3) -> list[str]:
+    """200 captions of other artists and 200 from every family, none naming ``names``: the edit keys are the
+    padding positions every prompt shares, so every family needs its share of the preserve set."""
+    def free(s) -> bool:
+        return s.artist_word not in names and not names & set(s.subject.split())
+
+    return (world.captions(200, seed=seed, keep=free, artist_rate=0.9)
+            + world.captions(200, seed=11, keep=free))
+
+
+# Measured on the shipped world (world scan, 50+ images per concept, seeds from 0): the preserve set at scale 1
+# blocks the edit (jonas flet stays at 66-100 %), at 0.3 it erases with entities -6 and ring -6 points; 0.5
+# erases with every concept within 5 points. See the README's world-scan section.
+QUICKFIX_PRESERVE_SCALE = 0.5
+
+
+def quickfix_erase_artist(wb, artist: str = "jonas flet", layer: str = QUICKFIX_LAYER):
     QuickFixRequest, quickfix = _quickfix()
-    captions = world.captions(200, seed=3, keep=lambda s: s.artist != artist, artist_rate=0.9)
-    request = QuickFixRequest([artist], ["painting"], templates=ARTIST_TEMPLATES[:5], eos=True,
-                              preserve_prompts=captions)
+    names = {artist, *world.aliases_for(artist)}
+    request = QuickFixRequest([artist], [_neutral(artist)], templates=ARTIST_TEMPLATES[:5], eos=True,
+                              preserve_prompts=artist_preserve_captions(names),
+                              preserve_scale=QUICKFIX_PRESERVE_SCALE)
     # The alias is a separate token the edit does not see: it is marked edited so its own rows do not count as
     # collateral, but it is not erased (the next recipe lists it as a second source).
-    return quickfix(wb, request, [QUICKFIX_LAYER]), [artist, *world.aliases_for(artist)]
+    return quickfix(wb, request, [layer]), sorted(names)
 
 
 def quickfix_erase_artist_and_alias(wb, artist: str = "jonas flet"):
     QuickFixRequest, quickfix = _quickfix()
-    aliases = world.aliases_for(artist)
-    captions = world.captions(200, seed=3, artist_rate=0.9,
-                              keep=lambda s: s.artist != artist and s.artist_word not in aliases)
-    request = QuickFixRequest([artist, *aliases], ["painting"] * (1 + len(aliases)), templates=ARTIST_TEMPLATES[:5],
-                              eos=True, preserve_prompts=captions)
-    return quickfix(wb, request, [QUICKFIX_LAYER]), [artist, *aliases]
+    sources = [artist, *world.aliases_for(artist)]
+    request = QuickFixRequest(sources, [_neutral(s) for s in sources], templates=ARTIST_TEMPLATES[:5], eos=True,
+                              preserve_prompts=artist_preserve_captions(set(sources)),
+                              preserve_scale=QUICKFIX_PRESERVE_SCALE)
+    return quickfix(wb, request, [QUICKFIX_LAYER]), sources
 
 
 STALE_FACT_TARGET = "blue heart"
