@@ -16,15 +16,16 @@ SAMPLES = 50
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def toy():
     return Workbench.toy()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def scan_before(toy):
-    """The world scan's readings of the unedited toy world, shared by the edits scanned below (their tests carry
-    one xdist_group, so a parallel run generates it once)."""
+    """The world scan's readings of the unedited toy world, shared by the edits scanned below. Their tests carry
+    one xdist_group, so they run on one worker, and this fixture lives for the session: a worker runs other
+    modules' tests between them, and a module-scoped fixture would be rebuilt each time (~5 min)."""
     return scan_readings(toy, SAMPLES)
 
 
