@@ -43,10 +43,13 @@ def main() -> None:
     t0 = time.perf_counter()
     key = {"samples": args.samples, "seed": args.seed}
     if args.readings and args.readings.exists():
-        saved = json.loads(args.readings.read_text())
-        if saved["key"] != key:
-            raise SystemExit(f"{args.readings} holds readings for {saved['key']}, not {key}")
-        before = saved["readings"]
+        try:
+            saved = json.loads(args.readings.read_text())
+            saved_key, before = saved["key"], saved["readings"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(f"{args.readings}: not readings written by this benchmark ({err})") from None
+        if saved_key != key:
+            raise SystemExit(f"{args.readings} holds readings for {saved_key}, not {key}")
     else:
         before = scan_readings(wb, args.samples, args.seed, progress=True)
         if args.readings:

@@ -89,7 +89,8 @@ def _run(out: Path, model: str, subject: str, prompt: str | None, trace_samples:
 
     _step(4, n, f"UCE on {unet_layers}; Diff-QuickFix on {text_layer}")
     # The toy encoder carries artists in its padding positions, which both edits touch: captions of the
-    # other artists, kept whole, protect them (without them every artist falls with the erased one).
+    # other artists, kept whole, protect them (without them every artist falls with the erased one). The
+    # Diff-QuickFix recipe brings its own, from every family (workbench.toy.recipes).
     captions = world.captions(200, seed=3, keep=lambda s: s.artist not in (None, subject), artist_rate=0.9)
     templates = ARTIST_TEMPLATES[:5]  # five key contexts keep the demo's edits quick
     edits = {

@@ -107,24 +107,25 @@ def artist_preserve_captions(names: set[str], seed: int = 3) -> list[str]:
 QUICKFIX_PRESERVE_SCALE = 0.5
 
 
-def quickfix_erase_artist(wb, artist: str = "jonas flet", layer: str = QUICKFIX_LAYER):
+def _quickfix_erase(wb, sources: list[str], names: set[str], layer: str):
+    """Erase ``sources`` to the neutral target, preserving captions that name none of ``names``."""
     QuickFixRequest, quickfix = _quickfix()
-    names = {artist, *world.aliases_for(artist)}
-    request = QuickFixRequest([artist], [_neutral(artist)], templates=ARTIST_TEMPLATES[:5], eos=True,
+    request = QuickFixRequest(sources, [_neutral(s) for s in sources], templates=ARTIST_TEMPLATES[:5], eos=True,
                               preserve_prompts=artist_preserve_captions(names),
                               preserve_scale=QUICKFIX_PRESERVE_SCALE)
+    return quickfix(wb, request, [layer])
+
+
+def quickfix_erase_artist(wb, artist: str = "jonas flet", layer: str = QUICKFIX_LAYER):
     # The alias is a separate token the edit does not see: it is marked edited so its own rows do not count as
     # collateral, but it is not erased (the next recipe lists it as a second source).
-    return quickfix(wb, request, [layer]), sorted(names)
+    names = {artist, *world.aliases_for(artist)}
+    return _quickfix_erase(wb, [artist], names, layer), sorted(names)
 
 
 def quickfix_erase_artist_and_alias(wb, artist: str = "jonas flet"):
-    QuickFixRequest, quickfix = _quickfix()
     sources = [artist, *world.aliases_for(artist)]
-    request = QuickFixRequest(sources, [_neutral(s) for s in sources], templates=ARTIST_TEMPLATES[:5], eos=True,
-                              preserve_prompts=artist_preserve_captions(set(sources)),
-                              preserve_scale=QUICKFIX_PRESERVE_SCALE)
-    return quickfix(wb, request, [QUICKFIX_LAYER]), sources
+    return _quickfix_erase(wb, sources, set(sources), QUICKFIX_LAYER), sources
 
 
 STALE_FACT_TARGET = "blue heart"
