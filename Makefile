@@ -28,8 +28,10 @@ WORKERS ?= 2
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests --nbmake notebooks -n $(WORKERS) --dist loadgroup
 
+# ruff, then the import rule (README "Layout"; contracts in pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check workbench tracing editors tests benchmarks
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done

@@ -43,18 +43,18 @@ def main() -> None:
         return time.perf_counter()
 
     erase, preserve = concepts(wb, args.erase, 0), concepts(wb, args.preserve, 5000)
-    uce(wb, UCERequest(erase=erase[:2], preserve=preserve[:2]), progress=False)  # warm-up
+    uce.edit(wb, UCERequest(erase=erase[:2], preserve=preserve[:2]), progress=False)  # warm-up
     t = time.perf_counter()
     concept_keys(wb, erase + preserve + [""], "last")
     t_encode = done() - t
     base = rss_mb()
     t = time.perf_counter()
-    delta = uce(wb, UCERequest(erase=erase, preserve=preserve), progress=False)
+    delta = uce.edit(wb, UCERequest(erase=erase, preserve=preserve), progress=False)
     t_uce = done() - t
     print(f"UCE, sd15 shapes, {len(erase)} erased + {len(preserve)} preserved concepts, {len(delta.names)} "
           f"matrices: {t_uce:.1f} s (target < 10 s), of which text encoding ~{t_encode:.1f} s; {wb.device}")
     t = time.perf_counter()
-    qf = quickfix(wb, QuickFixRequest(["van gogh"], ["a painting"]))
+    qf = quickfix.edit(wb, QuickFixRequest(["van gogh"], ["a painting"]))
     print(f"Diff-QuickFix, sd15 text encoder layer 0: {done() - t:.2f} s (target < 1 s), "
           f"{qf.num_parameters():,} parameters")
     added = rss_mb() - base

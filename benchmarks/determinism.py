@@ -1,3 +1,4 @@
+
 """Determinism: which results are bit-identical run to run, across thread counts and across batch composition.
 
 Every result kind is computed in fresh subprocesses, twice with ``torch.set_num_threads(1)`` and twice with
@@ -111,7 +112,7 @@ def _state_hash(wb: Workbench) -> str:
 
 
 def _others() -> list[str]:
-    from workbench.toy.check import concept_prompt
+    from workbench.toy.protocol import concept_prompt
 
     return [concept_prompt(c, i) for i, c in enumerate(OTHER_CONCEPTS)]
 
@@ -136,7 +137,7 @@ def _batch_images(wb: Workbench, steps: int, others: Sequence[str]) -> tuple[tor
 def _rate_probs(wb: Workbench, concept: str, seeds: Sequence[int], prompt_of: str | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(images, scorer probabilities for ``concept``) of its evaluation prompts (``prompt_of``'s, when given)."""
-    from workbench.toy.check import concept_prompt, concept_scorer
+    from workbench.toy.protocol import concept_prompt, concept_scorer
 
     prompts = [concept_prompt(prompt_of or concept, i) for i in range(len(seeds))]
     images = wb.sample(prompts, list(seeds))
@@ -150,11 +151,10 @@ def worker(threads: int, dest: Path) -> None:
 
     import editors
     import tracing
-    from editors.emcid import toy_captions
     from workbench import Workbench
     from workbench.toy import classifier
-    from workbench.toy.check import concept_scorer
-    from workbench.toy.world import rebinding
+    from workbench.toy.protocol import concept_scorer
+    from workbench.toy.world import captions, rebinding
 
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
@@ -192,10 +192,10 @@ def worker(threads: int, dest: Path) -> None:
         meta["ranking"][key] = torch.argsort(result.ranking(), descending=True, stable=True).tolist()
 
     deltas = {
-        "delta.uce": (lambda: editors.uce(wb, editors.UCERequest(erase=["circle"]), progress=False), "circle"),
-        "delta.quickfix": (lambda: editors.quickfix(wb, editors.QuickFixRequest(["jonas flet"], ["painting"],
+        "delta.uce": (lambda: editors.uce.edit(wb, editors.UCERequest(erase=["circle"]), progress=False), "circle"),
+        "delta.quickfix": (lambda: editors.quickfix.edit(wb, editors.QuickFixRequest(["jonas flet"], ["painting"],
                                                                                 eos=True)), "jonas flet"),
-        "delta.esd": (lambda: editors.esd(wb, editors.ESDRequest(erase="circle", iterations=ESD_ITERATIONS,
+        "delta.esd": (lambda: editors.esd.edit(wb, editors.ESDRequest(erase="circle", iterations=ESD_ITERATIONS,
                                                                  lr=ESD_LR, ddim_steps=ESD_DDIM_STEPS),
                                           progress=False), "circle"),
     }
@@ -216,9 +216,8 @@ def worker(threads: int, dest: Path) -> None:
 
     ent = Workbench.toy("entities")
     edits = [rebinding(i) for i in range(EMCID_EDITS)]
-    request = editors.EMCIDRequest(edits, steps=EMCID_STEPS)
-    delta = timed("delta.emcid", lambda: editors.emcid(ent, request, progress=False,
-                                                       captions=toy_captions(EMCID_CAPTIONS)))
+    request = editors.EMCIDRequest(edits, steps=EMCID_STEPS, captions=captions(EMCID_CAPTIONS, 0))
+    delta = timed("delta.emcid", lambda: editors.emcid.edit(ent, request, progress=False))
     for name, t in delta.tensors.items():
         tensors[f"delta.emcid/{name}"] = t
     with delta.applied(ent):

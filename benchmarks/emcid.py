@@ -25,9 +25,9 @@ from editors.emcid import (
     stage_one,
     stage_two,
     subject_states,
-    toy_captions,
 )
 from workbench import Workbench
+from workbench.toy.protocol import preserve_captions
 from workbench.toy.world import rebinding
 
 
@@ -87,7 +87,7 @@ def main() -> None:
     layers = fc2_layers(wb)
     req = toy_request(args.concepts)
     start = time.perf_counter()
-    cov = caption_covariance(wb, layers, toy_captions())
+    cov = caption_covariance(wb, layers, preserve_captions())
     t_cov = time.perf_counter() - start
     t_two = time_stage_two(wb, req, layers, cov)
     print(f"toy: {len(layers)} fc2 layers, covariance from 10000 captions {t_cov:.2f} s (once per model)")

@@ -54,7 +54,7 @@ from workbench import WeightDelta, Workbench
 from workbench.evaluate import rates
 from workbench.files import atomic_write
 from workbench.toy import world
-from workbench.toy.check import concept_prompt, concept_scorer
+from workbench.toy.protocol import concept_prompt, concept_scorer
 
 UNRELATED = ["circle", "star", "red", "blue", "jonas flet", "vera kolm"]
 
@@ -239,7 +239,7 @@ def main() -> None:
                 new = stage_two(wb, req, layers, one.targets[:n], cov)
                 delta = WeightDelta.capture(wb, new, method="emcid")
             else:
-                delta = uce(wb, UCERequest(erase=sources[:n], guides=destinations[:n], preserve=held,
+                delta = uce.edit(wb, UCERequest(erase=sources[:n], guides=destinations[:n], preserve=held,
                                            preserve_prompts=captions, preserve_scale=args.uce_preserve_scale,
                                            tokens="to_end"), progress=False)
             seconds = time.perf_counter() - t

@@ -23,7 +23,7 @@ from editors import ESDRequest, UCERequest, esd, uce
 from workbench import Workbench
 from workbench.evaluate import evaluate
 from workbench.toy import world
-from workbench.toy.check import ARTIST_TEMPLATES, SHAPE_TEMPLATES
+from workbench.toy.protocol import ARTIST_TEMPLATES, SHAPE_TEMPLATES
 
 ARTIST = "jonas flet"
 SHAPE = "circle"
@@ -42,21 +42,21 @@ def requests(wb: Workbench, args) -> dict[str, dict]:
     return {
         "artist": dict(
             concepts=[ARTIST], holdouts=held,
-            esd=lambda: esd(wb, ESDRequest(ARTIST, method="esd-x", **x_kw), progress=args.progress),
-            uce=lambda: uce(wb, UCERequest(erase=[ARTIST], preserve=held, preserve_prompts=artist_captions,
+            esd=lambda: esd.edit(wb, ESDRequest(ARTIST, method="esd-x", **x_kw), progress=args.progress),
+            uce=lambda: uce.edit(wb, UCERequest(erase=[ARTIST], preserve=held, preserve_prompts=artist_captions,
                                            tokens="to_end", templates=ARTIST_TEMPLATES), progress=False),
             esd_method="esd-x"),
         "hazard": dict(
             # ESD erases one prompt: trained on the first hazard word, evaluated on all four.
             concepts=list(world.HAZARD_WORDS), holdouts=[SHAPE, "star", "blue", ARTIST],
-            esd=lambda: esd(wb, ESDRequest(world.HAZARD_WORDS[0], method="esd-u", **u_kw), progress=args.progress),
-            uce=lambda: uce(wb, UCERequest(moderate=list(world.HAZARD_WORDS), preserve_prompts=safe_captions,
+            esd=lambda: esd.edit(wb, ESDRequest(world.HAZARD_WORDS[0], method="esd-u", **u_kw), progress=args.progress),
+            uce=lambda: uce.edit(wb, UCERequest(moderate=list(world.HAZARD_WORDS), preserve_prompts=safe_captions,
                                            tokens="to_end"), progress=False),
             esd_method="esd-u"),
         "shape": dict(
             concepts=[SHAPE], holdouts=other_shapes,
-            esd=lambda: esd(wb, ESDRequest(SHAPE, method="esd-u", **u_kw), progress=args.progress),
-            uce=lambda: uce(wb, UCERequest(erase=[SHAPE], preserve=other_shapes, tokens="to_end",
+            esd=lambda: esd.edit(wb, ESDRequest(SHAPE, method="esd-u", **u_kw), progress=args.progress),
+            uce=lambda: uce.edit(wb, UCERequest(erase=[SHAPE], preserve=other_shapes, tokens="to_end",
                                            templates=SHAPE_TEMPLATES), progress=False),
             esd_method="esd-u"),
     }

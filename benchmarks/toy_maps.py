@@ -23,7 +23,7 @@ from tracing import TraceResult, spearman, trace_text_encoder, trace_unet
 from tracing.plot import save_heatmap
 from workbench import Workbench
 from workbench.toy import world
-from workbench.toy.check import concept_scorer
+from workbench.toy.protocol import concept_scorer
 
 
 def family_prompts(n: int, seed: int = 4242) -> dict[str, list[tuple[str, str]]]:

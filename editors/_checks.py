@@ -148,3 +148,21 @@ def layer(wb: Workbench, owner: str, name: str, takes: str) -> Layer:
     except KeyError as err:
         msg = err.args[0] if err.args else f"no layer named {name!r}"
         raise UnknownLayerError(f"{owner}: {msg} ({owner} takes {takes})") from None
+
+
+def about(help: str, **cli: Any) -> dict[str, Any]:
+    """A request field's metadata: its help text, from which the CLI builds its option (``cli`` tunes that
+    option: ``flag="--guide"``, ``file=True`` for a list read from a file of lines, ``parse=fn`` for one value,
+    ``cli=False`` to keep it off the command line)."""
+    return {"help": help, **cli}
+
+
+def record(request: Any) -> dict:
+    """The request as JSON-ready metadata, without the fields that are no setting (``record=False`` in their
+    metadata: callables, tensors)."""
+    import os
+    from dataclasses import asdict, fields, replace
+
+    skip = [f.name for f in fields(request) if not f.metadata.get("record", True)]
+    out = asdict(replace(request, **dict.fromkeys(skip)) if skip else request)
+    return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in out.items() if k not in skip}

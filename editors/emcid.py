@@ -26,7 +26,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,10 @@ import torch
 
 from workbench import WeightDelta, Workbench
 from workbench.layers import edit_targets
-from workbench.model import TOY_WORLDS
 from workbench.progress import bar as progress_bar
 
 from . import _checks
-from ._checks import norm, number
+from ._checks import about, norm, number, record
 from .solve import ridge_solve
 
 TEMPLATES = ["{}", "a photo of {}", "an image of {}", "a picture of {}"]
@@ -126,21 +125,39 @@ class EMCIDRequest:
     ``edits`` items are :class:`EMCIDEdit`, ``(source, destination[, prompts])`` or dicts with those keys.
     """
 
-    edits: list[EMCIDEdit]
-    templates: list[str] = field(default_factory=lambda: list(TEMPLATES))
+    edits: list[EMCIDEdit] = field(metadata=about(
+        "a JSON file: a list of {source, destination[, prompts]}, or an object with 'edits' and any other field",
+        flag="--requests"))
+    templates: list[str] = field(default_factory=lambda: list(TEMPLATES), metadata=about(
+        "caption the source is read in, with {} for it; repeatable", flag="--template"))
     # stage I
-    steps: int = 100
-    lr: float = 0.2
-    clamp: float = 1.5  # ‖δ‖ <= clamp × ‖z₀‖
-    align_weight: float = 0.01
-    norm_weight: float = 1e-3  # (‖δ‖ / ‖z₀‖)²; 0.05 held δ near 0 on the toy world (distillation MSE ~0.01)
-    noise_samples: int = 2  # (x_t, t) draws per prompt
-    samples: str = "source"  # x_0: generated from the source prompts (reference code), destination, or noise
-    sample_steps: int = 10
+    steps: int = field(default=100, metadata=about("stage I: optimisation steps"))
+    lr: float = field(default=0.2, metadata=about("stage I: Adam learning rate"))
+    clamp: float = field(default=1.5, metadata=about("stage I: ‖δ‖ <= clamp × ‖z₀‖"))
+    align_weight: float = field(default=0.01, metadata=about("stage I: weight of the text-alignment loss"))
+    # 0.05 held δ near 0 on the toy world (distillation MSE ~0.01)
+    norm_weight: float = field(default=1e-3, metadata=about("stage I: weight of (‖δ‖ / ‖z₀‖)²"))
+    noise_samples: int = field(default=2, metadata=about("stage I: (x_t, t) draws per prompt"))
+    samples: str = field(default="source", metadata=about(
+        "stage I: x_0 generated from the source prompts (the reference code), the destination, or noise",
+        choices=SAMPLES))
+    sample_steps: int = field(default=10, metadata=about("stage I: sampling steps of x_0"))
+    seed: int = field(default=0, metadata=about("stage I: seed of every draw (per-row seeds derive from it)"))
+    batch_concepts: int = field(default=16, metadata=about(
+        "stage I: concepts optimised together (results do not depend on it)"))
     # stage II
-    lam: float = 4000.0  # weight of the preserve covariance (the reference's mom2 weight)
-    edit_weight: float = 0.5
-    ridge: float = 1e-4  # keeps the solve regular when C is rank-deficient or zero
+    lam: float = field(default=4000.0, metadata=about(
+        "stage II: weight of the preserve covariance (the reference's mom2 weight)"))
+    edit_weight: float = field(default=0.5, metadata=about("stage II: weight of the edit rows"))
+    ridge: float = field(default=1e-4, metadata=about(
+        "stage II: keeps the solve regular when the covariance is rank-deficient or zero"))
+    captions: list[str] | str | None = field(default=None, metadata=about(
+        "stage II: a caption file (one per line) for the preserve covariance, best of the same kind of concept "
+        "as the edits; captions naming an edited source are left out (default: the model's world's corpus)",
+        file=True))
+    covariance: Mapping[str, torch.Tensor] | None = field(default=None, repr=False, compare=False, metadata=about(
+        "stage II: {fc2 layer: C}, e.g. from caption_covariance, reused across edits instead of captions",
+        record=False, cli=False))
 
     def __post_init__(self) -> None:
         owner = "EMCID"
@@ -177,6 +194,15 @@ class EMCIDRequest:
             number(owner, name, getattr(self, name), low=0)
         # ridge is what keeps the stage II system regular when the covariance is rank-deficient or lam is 0
         number(owner, "ridge", self.ridge, low=0, low_open=True)
+        number(owner, "seed", self.seed, low=0, integer=True)
+        number(owner, "batch_concepts", self.batch_concepts, low=1, integer=True)
+        if self.captions is not None and not isinstance(self.captions, str | os.PathLike):
+            self.captions = [c for c in _checks.strings(owner, "captions", self.captions, blank=True) if c.strip()]
+            if not self.captions:
+                raise ValueError("empty caption corpus: captions holds no non-blank caption")
+        if self.covariance is not None and not isinstance(self.covariance, Mapping):
+            raise TypeError(f"EMCID covariance must be a mapping {{fc2 layer: (in × in) tensor}}, got "
+                            f"{type(self.covariance).__name__}")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EMCIDRequest:
@@ -306,24 +332,14 @@ def block_of(wb: Workbench, layer: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- corpus
-def toy_captions(n: int = 10_000, seed: int = 0) -> list[str]:
-    """Captions from the toy world's training grammar: the default corpus for the toy model.
-
-    10,000 so that each of the 200 entities appears about 12 times: with 2,000 (2-3 each) the covariance
-    barely saw some of them, and 100 edits moved unedited entities' states by 0.20 of the mean stage-I shift
-    instead of 0.15."""
-    from workbench.toy.world import captions
-
-    return captions(n, seed)
-
-
 def _captions(wb: Workbench, captions: Sequence[str] | str | os.PathLike | None) -> tuple[list[str], str]:
     if captions is None:
-        if wb.name not in TOY_WORLDS.values():
-            raise ValueError("EMCID needs a caption corpus for its preserve covariance: pass captions=[...] or "
-                             "the path of a text file with one caption per line")
-        lines = toy_captions()
-        return lines, f"toy grammar ({len(lines)} captions, seed 0)"
+        corpus = wb.world.preserve_captions if wb.world is not None else None
+        if corpus is None:
+            raise ValueError("EMCID needs a caption corpus for its preserve covariance: give EMCIDRequest("
+                             "captions=[...]) or the path of a text file with one caption per line")
+        lines = corpus()
+        return lines, f"{wb.world.name} world's corpus ({len(lines)} captions)"
     if isinstance(captions, (str, os.PathLike)):
         path = Path(captions)
         if not path.is_file():
@@ -332,10 +348,7 @@ def _captions(wb: Workbench, captions: Sequence[str] | str | os.PathLike | None)
         if not lines:
             raise ValueError(f"caption file {str(path)!r} is empty")
         return lines, str(path)
-    lines = [c for c in _checks.strings("EMCID", "captions", captions, blank=True) if c.strip()]
-    if not lines:
-        raise ValueError("empty caption corpus: captions holds no non-blank caption")
-    return lines, f"{len(lines)} captions given"
+    return list(captions), f"{len(captions)} captions given"
 
 
 def without_sources(captions: Sequence[str], sources: Sequence[str]) -> list[str]:
@@ -467,12 +480,10 @@ def _optimise(wb: Workbench, req: EMCIDRequest, plan: _Plan, rows: torch.Tensor,
     return delta.detach(), torch.stack(losses)
 
 
-def stage_one(wb: Workbench, request: EMCIDRequest, layer: str, *, seed: int = 0, batch_concepts: int = 16,
-              progress: bool = False) -> StageOne:
+def stage_one(wb: Workbench, request: EMCIDRequest, layer: str, *, progress: bool = False) -> StageOne:
     """Optimise each concept's target block output of ``layer`` (a block, mlp or fc2 name)."""
     req = request
-    if batch_concepts < 1:
-        raise ValueError(f"batch_concepts must be >= 1; got {batch_concepts}")
+    seed, batch_concepts = req.seed, req.batch_concepts
     plan = _plan(wb, req)
     block = block_of(wb, layer)
     z0 = _concept_mean(_gather(wb, plan.src, plan.src_last, [block])[block], plan.concept, plan.n)
@@ -543,29 +554,27 @@ def stage_two(wb: Workbench, request: EMCIDRequest, layers: Sequence[str] | None
 
 
 # ---------------------------------------------------------------------------------------------- editor
-def emcid(wb: Workbench, request: EMCIDRequest, layers: Sequence[str] | None = None, *, progress: bool = True,
-          captions: Sequence[str] | str | os.PathLike | None = None,
-          covariance: Mapping[str, torch.Tensor] | None = None, seed: int = 0,
-          batch_concepts: int = 16) -> WeightDelta:
+REQUEST = EMCIDRequest
+LAYER_KINDS = ("hidden", "mlp", "fc2")  # text-encoder blocks, their mlp or its fc2
+
+
+def edit(wb: Workbench, request: EMCIDRequest, layers: Sequence[str] | None = None, *,
+         progress: bool = True) -> WeightDelta:
     """Rewrite every edit of ``request`` in one WeightDelta on the fc2 weights of ``layers``.
 
     ``layers``: text-encoder blocks / mlp / fc2 names (the paper's upper-middle range when None); stage I
-    targets the last of them. The preserve covariance comes from ``covariance`` ({fc2 layer: C}, e.g. from
-    :func:`caption_covariance`, to reuse across edits) or is estimated from ``captions`` (a list or a
-    file with one caption per line; the toy grammar's captions for the toy model), leaving out the captions
-    that name an edited source (:func:`without_sources`).
+    targets the last of them. The preserve covariance comes from ``request.covariance`` ({fc2 layer: C},
+    e.g. from :func:`caption_covariance`, to reuse across edits) or is estimated from ``request.captions``
+    (a list or a file with one caption per line; by default the corpus of the model's world, ``wb.world``),
+    leaving out the captions that name an edited source (:func:`without_sources`).
     """
     req = request
     if not isinstance(req, EMCIDRequest):
         raise TypeError(f"emcid needs an EMCIDRequest, got {type(req).__name__}")
-    number("emcid", "seed", seed, low=0, integer=True)
-    number("emcid", "batch_concepts", batch_concepts, low=1, integer=True)
+    covariance = req.covariance
     names = fc2_layers(wb, layers)
     _plan(wb, req)  # refuse bad input before any expensive work
     if covariance is not None:
-        if not isinstance(covariance, Mapping):
-            raise TypeError(f"emcid covariance must be a mapping {{fc2 layer: (in × in) tensor}}, got "
-                            f"{type(covariance).__name__}")
         for name in names:
             if name not in covariance:
                 continue  # reported below, with the layers it has
@@ -576,7 +585,7 @@ def emcid(wb: Workbench, request: EMCIDRequest, layers: Sequence[str] | None = N
             if not torch.isfinite(c).all():
                 raise ValueError(f"emcid covariance[{name!r}] contains NaN or inf values")
     if covariance is None:
-        corpus, corpus_name = _captions(wb, captions)
+        corpus, corpus_name = _captions(wb, req.captions)
         kept = without_sources(corpus, req.sources)
         if not kept:
             raise ValueError(f"every caption of the preserve corpus ({corpus_name}) names an edited source; "
@@ -589,10 +598,10 @@ def emcid(wb: Workbench, request: EMCIDRequest, layers: Sequence[str] | None = N
         if missing:
             raise ValueError(f"no preserve covariance for {missing} (have {sorted(covariance)})")
         corpus_name = "given covariance"
-    one = stage_one(wb, req, names[-1], seed=seed, batch_concepts=batch_concepts, progress=progress)
+    one = stage_one(wb, req, names[-1], progress=progress)
     new = stage_two(wb, req, names, one.targets, covariance, progress=progress)
     loss = one.losses.mean(1)
-    return WeightDelta.capture(wb, new, method="emcid", request=asdict(req), layers=names,
-                               stage_one_layer=one.layer, seed=seed, corpus=corpus_name,
+    return WeightDelta.capture(wb, new, method="emcid", request=record(req), layers=names,
+                               stage_one_layer=one.layer, seed=req.seed, corpus=corpus_name,
                                stage_one_loss={"first": loss[0].item(), "last": loss[-1].item()},
                                shift_norm=(one.targets - one.initial).norm(dim=1).mean().item())

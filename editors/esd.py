@@ -33,7 +33,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +43,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from workbench import WeightDelta, Workbench
-from workbench.files import atomic_write
+from workbench.files import atomic_write, check_not_protected
 from workbench.progress import bar as progress_bar
 
 from . import _checks
-from ._checks import norm, number
+from ._checks import about, norm, number, record
 
 METHODS = ("esd-x", "esd-x-strict", "esd-u", "esd-all", "located")
 CHECKPOINT = "esd-checkpoint.safetensors"
-# Fields that may change between an interrupted run and its resumption (more iterations extend the run).
-_RESUMABLE_CHANGES = ("iterations",)
+# Fields that may change between an interrupted run and its resumption (more iterations extend the run; where
+# and how often it is kept is no part of what it computes).
+_RESUMABLE_CHANGES = ("iterations", "checkpoint_dir", "checkpoint_every", "resume")
 
 
 @dataclass
@@ -60,15 +61,24 @@ class ESDRequest:
     """One concept to erase, and how. Defaults are the paper's (the first release of its code), except
     ``ddim_steps``: the model's own default number of sampling steps (50 for SD checkpoints)."""
 
-    erase: str
-    erase_from: str | None = None  # train on this prompt instead of ``erase`` (e.g. erase "hat" from "cowboy")
-    method: str = "esd-x"  # esd-x | esd-x-strict | esd-u | esd-all | located
-    negative_guidance: float = 1.0  # η
-    iterations: int = 1000
-    lr: float = 1e-5
-    ddim_steps: int | None = None  # DDIM steps of the x_t sampler; None: the model's default number of steps
-    sample_guidance: float = 3.0  # classifier-free guidance of the x_t sampler
-    seed: int = 0
+    erase: str = field(metadata=about("the concept to erase"))
+    erase_from: str | None = field(default=None, metadata=about(
+        "train on this prompt instead of the erased concept (e.g. erase 'hat' from 'cowboy')"))
+    method: str = field(default="esd-x", metadata=about(
+        "parameter set: attn2 (esd-x), its to_k/to_v (esd-x-strict), the rest (esd-u), everything, or the "
+        "located layers", choices=METHODS))
+    negative_guidance: float = field(default=1.0, metadata=about("η"))
+    iterations: int = field(default=1000, metadata=about("optimisation steps"))
+    lr: float = field(default=1e-5, metadata=about("Adam learning rate"))
+    ddim_steps: int | None = field(default=None, metadata=about(
+        "DDIM steps of the x_t sampler (default: the model's default number of steps)"))
+    sample_guidance: float = field(default=3.0, metadata=about("classifier-free guidance of the x_t sampler"))
+    seed: int = field(default=0, metadata=about("seed of every step's draws (step k draws from (seed, k))"))
+    # where the run is kept, not what it computes: left out of the checkpoint's identity
+    checkpoint_dir: str | os.PathLike | None = field(default=None, metadata=about(
+        "folder to checkpoint into (resumable with --resume)"))
+    checkpoint_every: int = field(default=100, metadata=about("steps between checkpoints"))
+    resume: bool = field(default=False, metadata=about("continue from the checkpoint in checkpoint_dir"))
 
     def __post_init__(self) -> None:
         owner = "ESD"
@@ -92,6 +102,14 @@ class ESDRequest:
         for name in ("negative_guidance", "sample_guidance"):
             number(owner, name, getattr(self, name))
         number(owner, "seed", self.seed, low=0, integer=True)
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, str | os.PathLike):
+            raise TypeError(f"ESD checkpoint_dir must be a folder path or None, got "
+                            f"{type(self.checkpoint_dir).__name__} {self.checkpoint_dir!r}")
+        number(owner, "checkpoint_every", self.checkpoint_every, low=1, integer=True)
+        if not isinstance(self.resume, bool):
+            raise TypeError(f"ESD resume must be True or False, got {type(self.resume).__name__} {self.resume!r}")
+        if self.resume and self.checkpoint_dir is None:
+            raise ValueError("resume=True needs the checkpoint_dir of the interrupted run")
 
 
 def _in_set(path: str, method: str) -> bool:
@@ -278,9 +296,12 @@ class _Trainer:
         return all(bool(torch.isfinite(t).all()) for t in self.trained.values())
 
 
-def esd(wb: Workbench, request: ESDRequest, layers: Sequence[str] | None = None, *, progress: bool = True,
-        checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 100,
-        resume: bool = False) -> WeightDelta:
+REQUEST = ESDRequest
+LAYER_KINDS = None  # any UNet layer: the method's parameter set is narrowed to the parameters inside them
+
+
+def edit(wb: Workbench, request: ESDRequest, layers: Sequence[str] | None = None, *,
+         progress: bool = True) -> WeightDelta:
     """Fine-tune the request's parameter set (narrowed to ``layers`` when given) and return the WeightDelta.
 
     With ``checkpoint_dir``, the trained slice and the Adam state are written there every
@@ -294,15 +315,13 @@ def esd(wb: Workbench, request: ESDRequest, layers: Sequence[str] | None = None,
     if not isinstance(req, ESDRequest):
         raise TypeError(f"esd needs an ESDRequest, got {type(req).__name__}")
     names = parameter_names(wb, req.method, layers)
-    number("esd", "checkpoint_every", checkpoint_every, low=1, integer=True)
-    if not isinstance(resume, bool):
-        raise TypeError(f"esd resume must be True or False, got {type(resume).__name__} {resume!r}")
-    ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
-    if resume and ckpt is None:
-        raise ValueError("resume=True needs the checkpoint_dir of the interrupted run")
+    checkpoint_every, resume = req.checkpoint_every, req.resume
+    ckpt = Path(req.checkpoint_dir) / CHECKPOINT if req.checkpoint_dir is not None else None
+    if ckpt is not None:  # a checkpoint is never written into what the model was read from
+        check_not_protected(req.checkpoint_dir, wb.read_paths())
     if ckpt is not None and ckpt.parent.exists() and not ckpt.parent.is_dir():
         raise ValueError(f"checkpoint_dir {str(ckpt.parent)!r} is a file; give a folder for the ESD "
-                                 f"checkpoint")
+                         f"checkpoint")
     if ckpt is not None and ckpt.exists() and not ckpt.is_file():
         raise ValueError(f"{str(ckpt)!r} is not a file; it cannot hold the ESD checkpoint")
     if ckpt is not None and ckpt.exists() and not resume:
@@ -335,7 +354,7 @@ def esd(wb: Workbench, request: ESDRequest, layers: Sequence[str] | None = None,
             saved_at = done
     bar.close()
     new = {name: tensor.detach() for name, tensor in zip(names, trainer.trained.values(), strict=True)}
-    return WeightDelta.capture(wb, new, method="esd", esd_method=req.method, request=asdict(req),
+    return WeightDelta.capture(wb, new, method="esd", esd_method=req.method, request=record(req),
                                layers=list(layers) if layers is not None else None, parameters=names,
                                ddim_steps=len(trainer.scheduler.timesteps), losses=trainer.losses,
                                resumed_from=start if start else None,

@@ -13,7 +13,7 @@ solve does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,7 +21,7 @@ from workbench import WeightDelta, Workbench
 from workbench.layers import edit_targets
 
 from . import _checks
-from ._checks import no_duplicates, norm, number, strings
+from ._checks import about, no_duplicates, norm, number, record, strings
 from .solve import ridge_solve
 
 TEMPLATES = ["{}", "a picture of {}", "a photo of {}", "an image of {}"]
@@ -31,15 +31,18 @@ TEMPLATES = ["{}", "a picture of {}", "a photo of {}", "an image of {}"]
 class QuickFixRequest:
     """Make each ``source`` concept behave like its ``target`` (e.g. an artist -> "a painting")."""
 
-    sources: list[str]
-    targets: list[str]
-    templates: list[str] = field(default_factory=lambda: list(TEMPLATES))
-    lam: float = 0.01
-    eos: bool = False  # also map the positions after the subject through end-of-text / padding
+    sources: list[str] = field(metadata=about("source concept to change; repeatable", flag="--erase"))
+    targets: list[str] = field(metadata=about("what each source becomes, in order; repeatable", flag="--target"))
+    templates: list[str] = field(default_factory=lambda: list(TEMPLATES), metadata=about(
+        "caption the keys are read in, with {} for the concept; repeatable", flag="--template"))
+    lam: float = field(default=0.01, metadata=about("weight of the identity term (keeps W near the original)"))
+    eos: bool = field(default=False, metadata=about(
+        "also map the positions after the subject through end-of-text / padding"))
     # Not in the paper: whole prompts whose every position must keep its output (as UCE's preserve set).
     # With ``eos`` the edit touches end-of-text/padding positions every prompt has; these protect them.
-    preserve_prompts: list[str] = field(default_factory=list)
-    preserve_scale: float = 1.0
+    preserve_prompts: list[str] = field(default_factory=list, metadata=about(
+        "a file of prompts (one per line) whose every token's output must stay", file=True))
+    preserve_scale: float = field(default=1.0, metadata=about("weight of the preserve rows"))
 
     def __post_init__(self) -> None:
         owner = "QuickFix"
@@ -105,8 +108,14 @@ def _states(wb: Workbench, layer: str, prompts: list[str], subjects: list[str], 
     return keys, outs
 
 
-def quickfix(wb: Workbench, request: QuickFixRequest, layers: Sequence[str] | None = None) -> WeightDelta:
-    """Edit one text-encoder ``out_proj`` (the first of ``layers``; layer 0 by default)."""
+REQUEST = QuickFixRequest
+LAYER_KINDS = ("out_proj", "self_attn", "hidden")  # what ``layers`` may name (a block: its self_attn.out_proj)
+
+
+def edit(wb: Workbench, request: QuickFixRequest, layers: Sequence[str] | None = None, *,
+         progress: bool = True) -> WeightDelta:
+    """Edit one text-encoder ``out_proj`` (the one of ``layers``; layer 0 by default). A closed form: no
+    loop long enough for a progress bar, so ``progress`` is accepted for the common interface only."""
     req = request
     if not isinstance(req, QuickFixRequest):
         raise TypeError(f"quickfix needs a QuickFixRequest, got {type(req).__name__}")
@@ -136,5 +145,5 @@ def quickfix(wb: Workbench, request: QuickFixRequest, layers: Sequence[str] | No
         _, reads = wb.run_text(wb.token_ids(list(req.preserve_prompts)), read=[f"{layer}:input"])
         preserve = reads[f"{layer}:input"].flatten(0, 1).to(w)
     new = ridge_solve(w, k.to(w), (v - bias).to(w), preserve, lam=req.lam, preserve_scale=req.preserve_scale)
-    return WeightDelta.capture(wb, {w_name: new}, method="quickfix", request=asdict(req), layer=layer,
+    return WeightDelta.capture(wb, {w_name: new}, method="quickfix", request=record(req), layer=layer,
                                pairs=int(k.shape[0]))

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
 from workbench import WeightDelta, Workbench
 from workbench.layers import edit_targets
 from workbench.progress import bar as progress_bar
+from workbench.world import AttributeScorer
 
 from . import _checks
-from ._checks import disjoint, no_duplicates, norm, number, strings, text
+from ._checks import about, disjoint, no_duplicates, norm, number, record, strings, text
 from .solve import ridge_solve
 
-AttributeScorer = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 RATIO_TOLERANCE = 1e-6  # how far a concept's requested ratios may sum from 1
 DEBIAS_FORM = "CONCEPT:ATTRIBUTE=RATIO,ATTRIBUTE=RATIO (e.g. 'doctor:warm=0.5,cool=0.5')"
 
@@ -58,24 +58,40 @@ class UCERequest:
 
     ``debias`` maps a concept to the share of its images that should carry each attribute, e.g.
     ``{"doctor": {"warm": 0.5, "cool": 0.5}}``: ratios >= 0 summing to 1, attributes named as the
-    attribute scorer names them (see :func:`uce`). Concepts are compared ignoring case and spacing: a
+    attribute scorer names them (see :func:`edit`). Concepts are compared ignoring case and spacing: a
     concept given twice in one list, or in two of erase / moderate / debias / preserve, is refused.
     """
 
-    erase: list[str] = field(default_factory=list)
-    guides: list[str] | None = None  # one per erased concept; "" (the empty prompt) by default
-    moderate: list[str] = field(default_factory=list)  # mapped to the empty prompt
-    debias: dict[str, dict[str, float]] = field(default_factory=dict)  # concept -> {attribute: ratio}
-    preserve: list[str] = field(default_factory=list)
+    erase: list[str] = field(default_factory=list, metadata=about("concept to erase; repeatable"))
+    guides: list[str] | None = field(default=None, metadata=about(
+        "guide concept per erased concept, in order (default: the empty prompt)", flag="--guide"))
+    moderate: list[str] = field(default_factory=list, metadata=about(
+        "unsafe concept mapped to the empty prompt; repeatable"))
+    debias: dict[str, dict[str, float]] = field(default_factory=dict, metadata=about(
+        f"{DEBIAS_FORM}; repeatable", parse=lambda specs: parse_debias_specs(specs)))
+    preserve: list[str] = field(default_factory=list, metadata=about(
+        "concept whose outputs must stay; repeatable"))
     # whole prompts whose every token state must keep its output (UCE v1 preserves all positions of its
     # retain texts): protects what other prompts carry in end-of-text/padding positions, e.g. captions
     # without the moderated words
-    preserve_prompts: list[str] = field(default_factory=list)
-    lam: float = 0.5
-    erase_scale: float = 1.0
-    preserve_scale: float = 1.0
-    tokens: str = "last"  # or "to_end"
-    templates: list[str] = field(default_factory=lambda: ["{}"])  # contexts the keys are read in
+    preserve_prompts: list[str] = field(default_factory=list, metadata=about(
+        "a file of prompts (one per line) whose every token's output must stay", file=True))
+    lam: float = field(default=0.5, metadata=about("weight of the identity term (keeps W near the original)"))
+    erase_scale: float = field(default=1.0, metadata=about("weight of the erase/moderate/debias rows"))
+    preserve_scale: float = field(default=1.0, metadata=about("weight of the preserve rows"))
+    tokens: str = field(default="last", metadata=about(
+        "keys at the concept's last token ('last', UCE v2) or from it through the padding ('to_end', UCE v1)",
+        choices=("last", "to_end")))
+    templates: list[str] = field(default_factory=lambda: ["{}"], metadata=about(
+        "context the keys are read in, with {} for the concept; repeatable", flag="--template"))
+    # debiasing: alpha is found by generating and scoring
+    attribute_scorer: AttributeScorer | None = field(default=None, repr=False, compare=False, metadata=about(
+        "images -> {attribute: (B,) probabilities}; default: the model's world's (wb.world)", record=False,
+        cli=False))
+    debias_samples: int = field(default=64, metadata=about("debias: images generated per round and concept"))
+    max_rounds: int = field(default=30, metadata=about("debias: most rounds of measuring and raising alpha"))
+    tolerance: float = field(default=0.05, metadata=about("debias: stop when every ratio is this close"))
+    seed: int = field(default=0, metadata=about("debias: seed of every round's images (the same each round)"))
 
     def __post_init__(self) -> None:
         owner = "UCE"
@@ -104,6 +120,12 @@ class UCERequest:
         if self.tokens not in ("last", "to_end"):
             raise ValueError(f"tokens must be 'last' or 'to_end', got {self.tokens!r}")
         self.templates = _checks.templates(owner, self.templates)
+        if self.attribute_scorer is not None and not callable(self.attribute_scorer):
+            raise TypeError(f"attribute_scorer must be callable, got {type(self.attribute_scorer).__name__}")
+        number(owner, "debias_samples", self.debias_samples, low=1, integer=True)
+        number(owner, "max_rounds", self.max_rounds, low=1, integer=True)
+        number(owner, "tolerance", self.tolerance, low=0)
+        number(owner, "seed", self.seed, low=0, integer=True)
 
 
 def parse_debias(spec: str) -> tuple[str, dict[str, float]]:
@@ -318,35 +340,37 @@ def _measure(scorer: AttributeScorer, images: torch.Tensor, concept: str, attrib
     return torch.stack(means)
 
 
-def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None, *,
-        attribute_scorer: AttributeScorer | None = None, debias_samples: int = 64,
-        max_rounds: int = 30, tolerance: float = 0.05, seed: int = 0, progress: bool = True) -> WeightDelta:
+REQUEST = UCERequest
+LAYER_KINDS = ("attn2", "to_k", "to_v")  # what ``layers`` may name
+
+
+def edit(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None, *,
+         progress: bool = True) -> WeightDelta:
     """Edit ``to_k``/``to_v`` of the given ``attn2`` layers (all by default) and return the WeightDelta.
 
-    Debiasing needs ``attribute_scorer(images) -> {attribute name: (B,) probabilities}`` (a mapping; wrap a
-    scorer of (B, n) columns with :func:`named_attribute_scorer`). Each requested attribute is looked up by
-    name, ignoring case and spacing; one the scorer does not report is refused at the first scoring. α is
-    raised by the measured gap each round (as UCE does) until every gap is below ``tolerance`` or
-    ``max_rounds`` is reached. Each round generates ``debias_samples`` images of the concept in the
-    request's templates, on the same seeds; the round with the smallest gap is returned. Rounds apply their
-    candidate edit to ``wb`` only while sampling and always revert it: ``wb`` is left as it was, also when
-    sampling or the scorer fails. Metadata ``debias_history`` holds, per round and concept, the measured
-    ``ratios`` and the ``alpha`` used, each as {attribute: value}.
+    Debiasing needs ``request.attribute_scorer(images) -> {attribute name: (B,) probabilities}`` (a mapping;
+    wrap a scorer of (B, n) columns with :func:`named_attribute_scorer`), or a model whose world has one
+    (``wb.world``, the toy worlds). Each requested attribute is looked up by name, ignoring case and spacing;
+    one the scorer does not report is refused at the first scoring. α is raised by the measured gap each
+    round (as UCE does) until every gap is below ``tolerance`` or ``max_rounds`` is reached. Each round
+    generates ``debias_samples`` images of the concept in the request's templates, on the same seeds; the
+    round with the smallest gap is returned. Rounds apply their candidate edit to ``wb`` only while sampling
+    and always revert it: ``wb`` is left as it was, also when sampling or the scorer fails. Metadata
+    ``debias_history`` holds, per round and concept, the measured ``ratios`` and the ``alpha`` used, each as
+    {attribute: value}.
     """
     req = request
     if not isinstance(req, UCERequest):
         raise TypeError(f"uce needs a UCERequest, got {type(req).__name__}")
     params = kv_parameters(wb, layers)
+    attribute_scorer = req.attribute_scorer
     if req.debias:
+        if attribute_scorer is None and wb.world is not None:
+            attribute_scorer = wb.world.attribute_scorer
         if attribute_scorer is None:
-            raise ValueError("debiasing needs attribute_scorer=<callable images -> {attribute name: (B,) "
-                             "probabilities}>")
-        if not callable(attribute_scorer):
-            raise TypeError(f"attribute_scorer must be callable, got {type(attribute_scorer).__name__}")
-        number("uce", "debias_samples", debias_samples, low=1, integer=True)
-        number("uce", "max_rounds", max_rounds, low=1, integer=True)
-        number("uce", "tolerance", tolerance, low=0)
-        number("uce", "seed", seed, low=0, integer=True)
+            raise ValueError(f"debiasing needs an attribute scorer: {wb.name!r} has no world that brings one (the "
+                             "toy worlds do); give UCERequest(attribute_scorer=<callable images -> {attribute name: "
+                             "(B,) probabilities}>)")
     _check_vocabulary(wb, req)
     guides = req.guides if req.guides is not None else [""] * len(req.erase)
     sources = list(req.erase) + list(req.moderate)
@@ -358,7 +382,7 @@ def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None,
         whole = wb.encode(list(req.preserve_prompts)).flatten(0, 1)
         preserve = whole if preserve is None else torch.cat([preserve, whole])
     keys, target_keys = _pairs(keys_src, keys_tgt) if sources else (None, None)
-    meta = {"method": "uce", "request": asdict(req), "parameters": params}
+    meta = {"method": "uce", "request": record(req), "parameters": params}
 
     if not req.debias:
         return WeightDelta.capture(wb, _solve_all(wb, params, keys, target_keys, preserve, req), **meta)
@@ -377,7 +401,7 @@ def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None,
     alpha = {c: torch.zeros(len(attrs[c])) for c in concepts}
     history = []
     best, best_gap = None, float("inf")
-    bar = progress_bar(range(max_rounds), desc="uce debias", progress=progress)
+    bar = progress_bar(range(req.max_rounds), desc="uce debias", progress=progress)
     for _ in bar:
         debias_targets = [c_keys[c] + (alpha[c][:, None, None] * a_keys[c]).sum(0) for c in concepts]
         all_keys = torch.cat([k for k in (keys, *[c_keys[c] for c in concepts]) if k is not None])
@@ -388,8 +412,8 @@ def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None,
             for c in concepts:
                 # The same seeds every round (common random numbers): round-to-round changes in the measured
                 # ratio then come from α, not from resampling noise.
-                prompts = [_fill(req.templates[i % len(req.templates)], c) for i in range(debias_samples)]
-                images = wb.sample(prompts, seed=seed, batch_size=debias_samples)
+                prompts = [_fill(req.templates[i % len(req.templates)], c) for i in range(req.debias_samples)]
+                images = wb.sample(prompts, seed=req.seed, batch_size=req.debias_samples)
                 measured[c] = _measure(attribute_scorer, images, c, attrs[c])
         gaps = {c: want[c] - measured[c] for c in concepts}
         history.append({c: {"ratios": dict(zip(attrs[c], measured[c].tolist(), strict=True)),
@@ -398,7 +422,7 @@ def uce(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None,
         if gap < best_gap:
             best, best_gap = delta, gap
         bar.set_postfix(gap=gap)
-        if gap < tolerance:
+        if gap < req.tolerance:
             break
         for c in concepts:
             alpha[c] = alpha[c] + gaps[c]

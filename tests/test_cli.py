@@ -1,4 +1,4 @@
-from workbench.cli import main
+from workbench.app.cli import main
 
 
 def test_layers_command(capsys):
@@ -83,12 +83,26 @@ def test_evaluate_paraphrase_attack_grid_json(tmp_path, capsys, monkeypatch):
 
     from PIL import Image
 
-    # the CLI uses the toy world's prompts, scorer and vocabulary; stand-ins that fit the tiny model
-    monkeypatch.setattr("workbench.toy.check.concept_prompt", lambda c, i: f"a {c}")
-    monkeypatch.setattr("workbench.toy.check.paraphrase_prompt", lambda c, i: f"the {c} photo")
-    monkeypatch.setattr("workbench.toy.check.concept_scorer", lambda c: lambda images: images[:, 0].mean((1, 2)))
-    monkeypatch.setattr("workbench.toy.world.vocabulary", lambda: ["red", "photo", "dog"])
+    from workbench.app import cli
+    from workbench.world import World
+
     delta = _tiny_to_v_delta(seed=0, scale=30.0).save(tmp_path / "d.safetensors")
+    args = ["evaluate", "--model", "tiny", "--delta", str(delta), "--concept", "cat", "--samples", "2"]
+    assert main(args) == 2  # a random model has no world to take prompts and a scorer from, and says so
+    assert "has no world" in capsys.readouterr().err
+
+    # the CLI takes prompts, scorer and vocabulary from the model's world: stand-ins that fit the tiny model
+    stand_in = World("stand-in", concept_scorer=lambda c: lambda images: images[:, 0].mean((1, 2)),
+                     concept_prompt=lambda c, i: f"a {c}", paraphrase_prompt=lambda c, i: f"the {c} photo",
+                     vocabulary=lambda: ["red", "photo", "dog"])
+    load = cli._load
+
+    def with_world(args):
+        wb = load(args)
+        wb.world = stand_in
+        return wb
+
+    monkeypatch.setattr(cli, "_load", with_world)
     out_json, out_grid = tmp_path / "eval.json", tmp_path / "grid.png"
     assert main(["evaluate", "--model", "tiny", "--delta", str(delta), "--concept", "cat", "--unrelated", "car",
                  "--samples", "2", "--steps", "2", "--paraphrase", "--attack", "--attack-rounds", "1",
@@ -110,7 +124,7 @@ def test_evaluate_scan_from_the_cli(tmp_path, capsys):
     from editors import UCERequest, uce
     from workbench import Workbench
 
-    delta = uce(Workbench.toy(), UCERequest(erase=["circle"]), progress=False).save(tmp_path / "d.safetensors")
+    delta = uce.edit(Workbench.toy(), UCERequest(erase=["circle"]), progress=False).save(tmp_path / "d.safetensors")
     out_json = tmp_path / "eval.json"
     assert main(["evaluate", "--model", "toy", "--delta", str(delta), "--concept", "circle", "--alias", "disc",
                  "--samples", "1", "--scan", "--json", str(out_json), "--quiet"]) == 0

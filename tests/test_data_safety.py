@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from workbench import Workbench
-from workbench.cli import main
+from workbench.app.cli import main
 from workbench.files import MANIFEST, PACKAGE_DATA, atomic_dir, atomic_write
 from workbench.model import TOY_DIR
 
@@ -29,7 +29,7 @@ def exported(tmp_path_factory):
     wb = Workbench.random("tiny", seed=0)
     wb.save_pretrained(root / "models" / "m")
     (root / "models" / "beside.txt").write_text("a file beside the model")
-    uce(wb, UCERequest(erase=["a cat"])).save(root / "d.safetensors")
+    uce.edit(wb, UCERequest(erase=["a cat"])).save(root / "d.safetensors")
     return root
 
 
@@ -50,7 +50,7 @@ def toy_edits():
     out = {}
     for model in ("toy", "toy-entities"):
         wb = Workbench.load(model)
-        out[model] = (wb, uce(wb, UCERequest(erase=["circle"])))
+        out[model] = (wb, uce.edit(wb, UCERequest(erase=["circle"])))
     return out
 
 

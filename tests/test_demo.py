@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from workbench.demo import run_demo
+from workbench.app.demo import run_demo
 
 pytestmark = pytest.mark.slow
 

@@ -3,6 +3,7 @@ and the model's weights bit-identical afterwards. Plus UCE debiasing matching at
 
 import math
 from contextlib import contextmanager
+from dataclasses import replace
 
 import pytest
 import torch
@@ -99,7 +100,7 @@ UCE_BAD = [
 @pytest.mark.parametrize(("kwargs", "exc", "words"), UCE_BAD, ids=[str(i) for i in range(len(UCE_BAD))])
 def test_uce_request_refused(tiny, kwargs, exc, words):
     with refused(tiny, exc, *words):
-        uce(tiny, UCERequest(**kwargs), progress=False)
+        uce.edit(tiny, UCERequest(**kwargs), progress=False)
 
 
 def test_uce_request_normalises_nothing_it_should_not():
@@ -110,6 +111,16 @@ def test_uce_request_normalises_nothing_it_should_not():
 
 
 ATTN2 = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2"
+
+
+def call(editor, wb, request, layers=None, **fields):
+    """``editor.edit`` with ``fields`` set on the request first (where a bad value is refused, as a user
+    building the request would see it)."""
+    if fields:
+        request = replace(request, **fields)
+    return editor.edit(wb, request, layers, progress=False)
+
+
 UCE_CALL_BAD = [
     (dict(layers=["unet.nope"]), UnknownLayerError, ["'unet.nope'", "UCE takes", "attn2"]),
     (dict(layers=[ATTN2 + "x"]), UnknownLayerError, ["did you mean", "attn2"]),
@@ -138,14 +149,14 @@ UCE_CALL_BAD = [
 def test_uce_call_refused(tiny, kwargs, exc, words):
     kwargs = {"request": UCERequest(erase=["cat"]), **kwargs}
     with refused(tiny, exc, *words):
-        uce(tiny, progress=False, **kwargs)
+        call(uce, tiny, **kwargs)
 
 
 def test_unknown_layer_is_a_key_error_and_a_value_error(tiny):
     with pytest.raises(KeyError):
-        uce(tiny, UCERequest(erase=["cat"]), ["unet.nope"], progress=False)
+        uce.edit(tiny, UCERequest(erase=["cat"]), ["unet.nope"], progress=False)
     with pytest.raises(ValueError, match="no layer named 'unet.nope'"):
-        uce(tiny, UCERequest(erase=["cat"]), ["unet.nope"], progress=False)
+        uce.edit(tiny, UCERequest(erase=["cat"]), ["unet.nope"], progress=False)
 
 
 @pytest.mark.parametrize(("kwargs", "words"), [
@@ -160,7 +171,7 @@ def test_unknown_layer_is_a_key_error_and_a_value_error(tiny):
 def test_uce_vocabulary_refused_on_the_tokenizer(toy, kwargs, words):
     scorer = named_attribute_scorer(lambda im: classifier.score(im)["attribute"], world.ATTRIBUTES)
     with refused(toy, ValueError, *words):
-        uce(toy, UCERequest(**kwargs), attribute_scorer=scorer, progress=False)
+        uce.edit(toy, replace(UCERequest(**kwargs), attribute_scorer=scorer), progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- debias scorer
@@ -193,8 +204,8 @@ def _counting(fn):
 def test_debias_scorer_contract_is_checked_at_the_first_scoring(toy, scorer, exc, words):
     scorer = _counting(scorer)
     with refused(toy, exc, *words):
-        uce(toy, UCERequest(debias={"doctor": {"warm": 0.5, "cool": 0.5}}), attribute_scorer=scorer,
-            debias_samples=2, max_rounds=5, progress=False)
+        uce.edit(toy, replace(UCERequest(debias={"doctor": {"warm": 0.5, "cool": 0.5}}), attribute_scorer=scorer,
+                              debias_samples=2, max_rounds=5), progress=False)
     assert scorer.calls == 1  # refused on the first scoring: no round was spent on a broken scorer
 
 
@@ -203,8 +214,8 @@ def test_a_failing_scorer_leaves_the_model_as_it_was(toy):
         raise RuntimeError("scorer crashed")
 
     with refused(toy, RuntimeError, "scorer crashed"):
-        uce(toy, UCERequest(debias={"doctor": {"warm": 0.5, "cool": 0.5}}), attribute_scorer=scorer,
-            debias_samples=2, progress=False)
+        uce.edit(toy, replace(UCERequest(debias={"doctor": {"warm": 0.5, "cool": 0.5}}), attribute_scorer=scorer,
+                              debias_samples=2), progress=False)
 
 
 def test_debias_matches_attributes_by_name(toy):
@@ -217,8 +228,8 @@ def test_debias_matches_attributes_by_name(toy):
     before = weights(toy)
     runs = {}
     for name, ratios in (("warm", {"warm": 1.0, "cool": 0.0}), ("cool", {"cool": 1.0, "warm": 0.0})):
-        delta = uce(toy, UCERequest(debias={"doctor": ratios}), attribute_scorer=scorer, debias_samples=8,
-                    max_rounds=2, tolerance=0.0, progress=False)
+        delta = uce.edit(toy, replace(UCERequest(debias={"doctor": ratios}), attribute_scorer=scorer, debias_samples=8,
+                                      max_rounds=2, tolerance=0.0), progress=False)
         runs[name] = delta.metadata["debias_history"]
         assert len(runs[name]) == 2
     assert weights(toy) == before
@@ -295,7 +306,7 @@ QF_BAD = [
 @pytest.mark.parametrize(("kwargs", "exc", "words"), QF_BAD, ids=[str(i) for i in range(len(QF_BAD))])
 def test_quickfix_request_refused(tiny, kwargs, exc, words):
     with refused(tiny, exc, *words):
-        quickfix(tiny, QuickFixRequest(**kwargs))
+        quickfix.edit(tiny, QuickFixRequest(**kwargs))
 
 
 @pytest.mark.parametrize(("layers", "exc", "words"), [
@@ -309,14 +320,14 @@ def test_quickfix_request_refused(tiny, kwargs, exc, words):
 ])
 def test_quickfix_layers_refused(tiny, layers, exc, words):
     with refused(tiny, exc, *words):
-        quickfix(tiny, QuickFixRequest(["cat"], ["dog"]), layers)
+        quickfix.edit(tiny, QuickFixRequest(["cat"], ["dog"]), layers)
 
 
 def test_quickfix_vocabulary_refused(toy):
     with refused(toy, ValueError, "QuickFix source 'unicorn'", "unknown word"):
-        quickfix(toy, QuickFixRequest(["circle", "unicorn"], ["square", "star"]))
+        quickfix.edit(toy, QuickFixRequest(["circle", "unicorn"], ["square", "star"]))
     with refused(toy, ValueError, "QuickFix target 'a unicorn'"):
-        quickfix(toy, QuickFixRequest(["circle"], ["a unicorn"]))
+        quickfix.edit(toy, QuickFixRequest(["circle"], ["a unicorn"]))
 
 
 # ---------------------------------------------------------------------------------------------- EMCID
@@ -355,7 +366,7 @@ EMCID_BAD = [
 @pytest.mark.parametrize(("kwargs", "exc", "words"), EMCID_BAD, ids=[str(i) for i in range(len(EMCID_BAD))])
 def test_emcid_request_refused(tiny, kwargs, exc, words):
     with refused(tiny, exc, *words):
-        emcid(tiny, EMCIDRequest(**kwargs), captions=["a cat"], progress=False)
+        emcid.edit(tiny, replace(EMCIDRequest(**kwargs), captions=["a cat"]), progress=False)
 
 
 def test_emcid_repeats_are_compared_as_the_tokenizer_sees_them():
@@ -394,7 +405,7 @@ def test_emcid_requests_file_missing(tmp_path):
         EMCIDRequest.load(path)
 
 
-@pytest.mark.parametrize(("call", "exc", "words"), [
+@pytest.mark.parametrize(("options", "exc", "words"), [
     (dict(layers=["text.encoder.layers.9"]), UnknownLayerError, ["'text.encoder.layers.9'", "EMCID takes", "fc2"]),
     (dict(layers=["text.encoder.layers.0.self_attn"]), ValueError, ["is of kind 'self_attn'", "fc2, mlp, hidden"]),
     (dict(layers=[ATTN2]), ValueError, ["is of kind 'attn2'", "fc2"]),
@@ -405,11 +416,10 @@ def test_emcid_requests_file_missing(tmp_path):
     (dict(captions=[1, 2]), TypeError, ["captions[0]", "int"]),
     (dict(captions=["", " "]), ValueError, ["empty caption corpus"]),
 ])
-def test_emcid_call_refused(tiny, call, exc, words):
-    kwargs = {"captions": ["a cat", "a dog"], **call}
+def test_emcid_call_refused(tiny, options, exc, words):
+    request = EMCIDRequest([("cat", "dog")], steps=1, sample_steps=1, noise_samples=1)
     with refused(tiny, exc, *words):
-        emcid(tiny, EMCIDRequest([("cat", "dog")], steps=1, sample_steps=1, noise_samples=1), progress=False,
-              **kwargs)
+        call(emcid, tiny, request, **{"captions": ["a cat", "a dog"], **options})
 
 
 # ---------------------------------------------------------------------------------------------- ESD
@@ -436,10 +446,10 @@ ESD_BAD = [
 def test_esd_request_refused(tiny, kwargs, exc, words):
     kwargs = {"erase": "cat", "iterations": 1, **kwargs}
     with refused(tiny, exc, *words):
-        esd(tiny, ESDRequest(**kwargs), progress=False)
+        esd.edit(tiny, ESDRequest(**kwargs), progress=False)
 
 
-@pytest.mark.parametrize(("layers", "call", "exc", "words"), [
+@pytest.mark.parametrize(("layers", "options", "exc", "words"), [
     (None, dict(checkpoint_every=0), ValueError, ["checkpoint_every", ">= 1"]),
     (None, dict(resume=True), ValueError, ["resume=True needs", "checkpoint_dir"]),
     (None, dict(resume="yes"), TypeError, ["resume", "True or False"]),
@@ -447,35 +457,35 @@ def test_esd_request_refused(tiny, kwargs, exc, words):
     (["text.encoder.layers.0.self_attn"], {}, ValueError, ["'text.encoder.layers.0.self_attn'", "text encoder"]),
     ([], {}, ValueError, ["ESD", "empty"]),
 ])
-def test_esd_call_refused(tiny, layers, call, exc, words):
+def test_esd_call_refused(tiny, layers, options, exc, words):
     with refused(tiny, exc, *words):
-        esd(tiny, ESDRequest("cat", method="esd-x", iterations=1), layers, progress=False, **call)
+        call(esd, tiny, ESDRequest("cat", method="esd-x", iterations=1), layers=layers, **options)
 
 
 def test_esd_checkpoint_refusals(tiny, tmp_path):
     req = ESDRequest("cat", method="esd-x-strict", iterations=1, ddim_steps=2)
     folder = tmp_path / "run"
-    esd(tiny, req, progress=False, checkpoint_dir=folder, checkpoint_every=1)
+    esd.edit(tiny, replace(req, checkpoint_dir=folder, checkpoint_every=1), progress=False)
     with refused(tiny, ValueError, "belongs to another run", "erase 'cat' there, 'dog' here"):
-        esd(tiny, ESDRequest("dog", method="esd-x-strict", iterations=1, ddim_steps=2), progress=False,
-            checkpoint_dir=folder, resume=True)
+        esd.edit(tiny, replace(ESDRequest("dog", method="esd-x-strict", iterations=1, ddim_steps=2),
+                               checkpoint_dir=folder, resume=True), progress=False)
     with refused(tiny, ValueError, "belongs to another run", "method 'esd-x-strict' there, 'esd-x' here"):
-        esd(tiny, ESDRequest("cat", method="esd-x", iterations=1, ddim_steps=2), progress=False,
-            checkpoint_dir=folder, resume=True)
+        esd.edit(tiny, replace(ESDRequest("cat", method="esd-x", iterations=1, ddim_steps=2), checkpoint_dir=folder,
+                               resume=True), progress=False)
     with refused(tiny, ValueError, "belongs to another run", "parameter set"):
-        esd(tiny, req, [ATTN2], progress=False, checkpoint_dir=folder, resume=True)
+        esd.edit(tiny, replace(req, checkpoint_dir=folder, resume=True), [ATTN2], progress=False)
     other = Workbench.random("tiny", seed=1)
     with refused(other, ValueError, "belongs to another run", "model weights differ"):
-        esd(other, req, progress=False, checkpoint_dir=folder, resume=True)
+        esd.edit(other, replace(req, checkpoint_dir=folder, resume=True), progress=False)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / CHECKPOINT).write_bytes(b"not a safetensors file")
     with refused(tiny, ValueError, str(broken / CHECKPOINT), "cannot be read"):
-        esd(tiny, req, progress=False, checkpoint_dir=broken, resume=True)
+        esd.edit(tiny, replace(req, checkpoint_dir=broken, resume=True), progress=False)
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     with refused(tiny, ValueError, "checkpoint_dir", "is a file"):
-        esd(tiny, req, progress=False, checkpoint_dir=a_file)
+        esd.edit(tiny, replace(req, checkpoint_dir=a_file), progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- ridge_solve

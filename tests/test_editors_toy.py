@@ -9,7 +9,7 @@ from tracing import trace_text_encoder
 from workbench import Workbench
 from workbench.evaluate import evaluate, rates
 from workbench.toy import recipes, world
-from workbench.toy.check import concept_prompt, concept_scorer, labels
+from workbench.toy.protocol import concept_prompt, concept_scorer, labels
 from workbench.toy.scan import scan_readings, world_scan
 
 SAMPLES = 50
@@ -154,15 +154,15 @@ def test_editor_bad_input(toy):
     with pytest.raises(ValueError, match="empty UCE request"):
         UCERequest()
     with pytest.raises(ValueError, match=r"unknown word\(s\) \['unicorn'\]"):
-        uce(toy, UCERequest(erase=["unicorn"]), progress=False)
+        uce.edit(toy, UCERequest(erase=["unicorn"]), progress=False)
     with pytest.raises(ValueError, match="is of kind 'resnet'"):
-        uce(toy, UCERequest(erase=["circle"]), [toy.layers("resnet")[0]], progress=False)
+        uce.edit(toy, UCERequest(erase=["circle"]), [toy.layers("resnet")[0]], progress=False)
     with pytest.raises(ValueError, match="is of kind 'attn2'"):
-        quickfix(toy, QuickFixRequest(["circle"], ["square"]), [toy.layers("attn2")[0]])
+        quickfix.edit(toy, QuickFixRequest(["circle"], ["square"]), [toy.layers("attn2")[0]])
     with pytest.raises(ValueError, match="templates must each contain"):
         UCERequest(erase=["circle"], templates=["a photo"])
     before = {n: toy.parameter(n).clone() for n in (toy.layers("to_k")[0] + ".weight",)}
     with pytest.raises(ValueError, match="NaN or inf"):
-        uce(toy, UCERequest(erase=["circle"], lam=float("nan")), progress=False)
+        uce.edit(toy, UCERequest(erase=["circle"], lam=float("nan")), progress=False)
     for n, w in before.items():
         assert torch.equal(toy.parameter(n), w)

@@ -2,11 +2,12 @@
 stage I's optimisation, determinism and bad input."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
-from editors import EDITORS, EMCIDRequest, emcid
+from editors import EMCIDRequest, emcid
 from editors.emcid import (
     EMCIDEdit,
     caption_covariance,
@@ -43,16 +44,6 @@ def _weights(wb: Workbench, names: list[str]) -> dict[str, torch.Tensor]:
     return {n: wb.parameter(f"{n}.weight").detach().clone() for n in names}
 
 
-def test_request_normalises_edits(tmp_path):
-    req = EMCIDRequest([("cat", "dog"), {"source": "car", "destination": "tree", "prompts": ["a red  car"]},
-                        ["cat", "dog"]])
-    assert req.edits == [EMCIDEdit("cat", "dog"), EMCIDEdit("car", "tree", ("a red {}",))]  # repeat dropped
-    path = tmp_path / "requests.json"
-    path.write_text(json.dumps({"edits": [["cat", "dog"]], "lam": 10.0}))
-    assert EMCIDRequest.load(path).lam == 10.0
-    path.write_text(json.dumps([{"source": "cat", "destination": "dog"}]))
-    assert EMCIDRequest.load(path).sources == ["cat"]
-    assert EDITORS["emcid"] == (emcid, EMCIDRequest)
 
 
 def test_default_layers_and_names(model):
@@ -120,6 +111,17 @@ def _keys(wb: Workbench, req: EMCIDRequest, layer: str) -> torch.Tensor:
     return torch.stack(out)
 
 
+def test_request_normalises_edits(tmp_path):
+    req = EMCIDRequest([("cat", "dog"), {"source": "car", "destination": "tree", "prompts": ["a red  car"]},
+                        ["cat", "dog"]])
+    assert req.edits == [EMCIDEdit("cat", "dog"), EMCIDEdit("car", "tree", ("a red {}",))]  # repeat dropped
+    path = tmp_path / "requests.json"
+    path.write_text(json.dumps({"edits": [["cat", "dog"]], "lam": 10.0}))
+    assert EMCIDRequest.load(path).lam == 10.0
+    path.write_text(json.dumps([{"source": "cat", "destination": "dog"}]))
+    assert EMCIDRequest.load(path).sources == ["cat"]
+
+
 def test_stage_one_reduces_its_loss_and_respects_the_clamp(model):
     req = EMCIDRequest(EDITS, steps=10, lr=0.02, sample_steps=2, noise_samples=2)
     one = stage_one(model, req, "text.encoder.layers.1")
@@ -133,8 +135,8 @@ def test_stage_one_reduces_its_loss_and_respects_the_clamp(model):
 
 def test_stage_one_does_not_depend_on_how_concepts_are_batched(model):
     req = EMCIDRequest(EDITS, samples="noise", **FAST)
-    a = stage_one(model, req, "text.encoder.layers.2", batch_concepts=1)
-    b = stage_one(model, req, "text.encoder.layers.2", batch_concepts=3)
+    a = stage_one(model, replace(req, batch_concepts=1), "text.encoder.layers.2")
+    b = stage_one(model, replace(req, batch_concepts=3), "text.encoder.layers.2")
     # Float reduction order depends on the batch and the thread count: at one thread the targets (|t| ~ 5)
     # differ by ~1e-4 after three Adam steps; concepts leaking into each other's batch would move them by ~1.
     torch.testing.assert_close(a.targets, b.targets, rtol=1e-4, atol=5e-4)
@@ -143,7 +145,7 @@ def test_stage_one_does_not_depend_on_how_concepts_are_batched(model):
 def test_emcid_is_deterministic_for_a_seed(model):
     req = EMCIDRequest(EDITS, **FAST)
     names = model.layers("fc2")[1:]
-    runs = [emcid(model, req, names, captions=CAPTIONS, seed=s, progress=False) for s in (3, 3, 4)]
+    runs = [emcid.edit(model, replace(req, captions=CAPTIONS, seed=s), names, progress=False) for s in (3, 3, 4)]
     assert runs[0].names == [f"{n}.weight" for n in names]
     for n in runs[0].names:
         assert torch.equal(runs[0].tensors[n], runs[1].tensors[n])
@@ -161,14 +163,15 @@ def test_preserve_corpus_leaves_out_captions_naming_an_edited_source(model):
     # captions naming "cat" or "car" (sources) go; "monet" names none of them
     kept = [c for c in CAPTIONS if not {"cat", "car"} & set(c.split())]
     assert 0 < len(kept) < len(CAPTIONS)
-    auto = emcid(model, req, names, captions=CAPTIONS, seed=3, progress=False)
-    given = emcid(model, req, names, covariance=caption_covariance(model, names, kept), seed=3, progress=False)
+    auto = emcid.edit(model, replace(req, captions=CAPTIONS, seed=3), names, progress=False)
+    given = emcid.edit(model, replace(req, covariance=caption_covariance(model, names, kept), seed=3), names,
+                       progress=False)
     for n in auto.names:
         assert torch.equal(auto.tensors[n], given.tensors[n])
     assert auto.metadata["corpus"] == f"{len(CAPTIONS)} captions given, {len(CAPTIONS) - len(kept)} naming an " \
                                       "edited source left out"
     with pytest.raises(ValueError, match="every caption of the preserve corpus .* names an edited source"):
-        emcid(model, req, names, captions=["a cat", "Monet painting"], progress=False)
+        emcid.edit(model, replace(req, captions=["a cat", "Monet painting"]), names, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -190,13 +193,14 @@ def test_bad_input_is_refused_before_any_work(word_level, model):
     before = _weights(word_level, word_level.layers("fc2"))
     with pytest.raises(ValueError, match=r"edit 1 \('unicorn' -> 'red'\): the source is not in the model's "
                                          r"vocabulary: .*unknown word\(s\) \['unicorn'\]"):
-        emcid(word_level, EMCIDRequest([("circle", "red"), ("unicorn", "red")], templates=["a {}"]),
-              captions=["a red circle"], progress=False)
+        emcid.edit(word_level, replace(EMCIDRequest([("circle", "red"), ("unicorn", "red")], templates=["a {}"]),
+                                       captions=["a red circle"]), progress=False)
     with pytest.raises(ValueError, match="the destination is not in the model's vocabulary"):
-        emcid(word_level, EMCIDRequest([("circle", "blue")], templates=["a {}"]), captions=["a"], progress=False)
+        emcid.edit(word_level, replace(EMCIDRequest([("circle", "blue")], templates=["a {}"]), captions=["a"]),
+                   progress=False)
     with pytest.raises(ValueError, match="is of kind 'self_attn'"):
-        emcid(word_level, EMCIDRequest([("circle", "red")]), [word_level.layers("self_attn")[0]], progress=False)
+        emcid.edit(word_level, EMCIDRequest([("circle", "red")]), [word_level.layers("self_attn")[0]], progress=False)
     with pytest.raises(ValueError, match="needs a caption corpus"):
-        emcid(model, EMCIDRequest([("cat", "dog")]), progress=False)
+        emcid.edit(model, EMCIDRequest([("cat", "dog")]), progress=False)
     for n, w in before.items():
         assert torch.equal(word_level.parameter(f"{n}.weight"), w)

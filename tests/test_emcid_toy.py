@@ -13,7 +13,7 @@ from tracing import trace_text_encoder
 from workbench import Workbench
 from workbench.evaluate import rates
 from workbench.toy import world
-from workbench.toy.check import concept_prompt, concept_scorer
+from workbench.toy.protocol import concept_prompt, concept_scorer
 
 EDITS = 10
 SAMPLES = 10
@@ -62,7 +62,7 @@ def test_emcid_rewrites_entities_and_keeps_the_rest(entity_world):
     # the paper's 4000: on this corpus 4000 kept 15 % of the 100-edit residual and 64 % success, 1000 kept 5 %
     # and 78 % (benchmarks/emcid_toy.py).
     request = EMCIDRequest(edits, samples="destination", noise_samples=8, lam=1000)
-    delta = emcid(toy, request, LAYERS, progress=False)
+    delta = emcid.edit(toy, request, LAYERS, progress=False)
     assert "naming an edited source left out" in delta.metadata["corpus"], delta.metadata["corpus"]
 
     def shows_new_target(entity):

@@ -1,18 +1,17 @@
 """ESD fine-tuning on the tiny random model: the objective, the parameter sets, resume, bad input."""
 
 import copy
-import importlib
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from diffusers import DDIMScheduler
 from safetensors import safe_open
 
-from editors import EDITORS, ESDRequest, esd
+from editors import ESDRequest, esd
 from editors.esd import CHECKPOINT, esd_loss, parameter_names
 
-esd_module = importlib.import_module("editors.esd")  # the package attribute `editors.esd` is the function
 PROMPT = "a red circle"
 
 
@@ -40,14 +39,10 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_registry():
-    assert EDITORS["esd"] == (esd, ESDRequest)
-
-
 @pytest.fixture(scope="module")
 def trained(tiny):
     req = request(iterations=30)
-    return req, esd(tiny, req, progress=False)
+    return req, esd.edit(tiny, req, progress=False)
 
 
 def test_loss_decreases(tiny, trained):
@@ -118,7 +113,7 @@ def test_only_the_chosen_parameters_change(tiny, method):
         want = {n for n in expected_names(tiny, "esd-all") if n.startswith(tuple(f"{layer}." for layer in layers))}
     else:
         want = expected_names(tiny, method)
-    delta = esd(tiny, request(method=method, iterations=2), layers, progress=False)
+    delta = esd.edit(tiny, request(method=method, iterations=2), layers, progress=False)
     assert set(delta.names) == want and want
     moved = [n for n in delta.names if not torch.equal(delta.tensors[n], before[n])]
     assert len(moved) == len(want), set(want) - set(moved)
@@ -142,7 +137,7 @@ def test_interrupted_trained_forward_leaves_the_wrapper_as_it_was(tiny):
     handle = to_k.register_forward_hook(interrupt)
     try:
         with pytest.raises(KeyboardInterrupt):
-            esd(tiny, request(method="esd-x-strict"), progress=False)
+            esd.edit(tiny, request(method="esd-x-strict"), progress=False)
     finally:
         handle.remove()
     assert all(p is objects[n] for n, p in tiny.unet.named_parameters())
@@ -156,51 +151,53 @@ def test_layers_narrow_a_method(tiny):
 
 
 def test_deterministic(tiny):
-    a = esd(tiny, request(iterations=3), progress=False)
-    b = esd(tiny, request(iterations=3), progress=False)
-    c = esd(tiny, request(iterations=3, seed=1), progress=False)
+    a = esd.edit(tiny, request(iterations=3), progress=False)
+    b = esd.edit(tiny, request(iterations=3), progress=False)
+    c = esd.edit(tiny, request(iterations=3, seed=1), progress=False)
     assert_same(a.tensors, b.tensors)
     assert a.metadata["losses"] == b.metadata["losses"]
     assert any(not torch.equal(a.tensors[n], c.tensors[n]) for n in a.names)
 
 
 def interrupt_at(monkeypatch, at: int, exc: BaseException) -> None:
-    step = esd_module._Trainer.step
+    step = esd._Trainer.step
 
     def failing(self, i):
         if i == at:
             raise exc
         return step(self, i)
 
-    monkeypatch.setattr(esd_module._Trainer, "step", failing)
+    monkeypatch.setattr(esd._Trainer, "step", failing)
 
 
 def test_resume_equals_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
     req = request(method="esd-u", iterations=7)
-    full = esd(tiny, req, progress=False, checkpoint_dir=tmp_path / "full", checkpoint_every=2)
+    full = esd.edit(tiny, replace(req, checkpoint_dir=tmp_path / "full", checkpoint_every=2), progress=False)
 
     with monkeypatch.context() as m:
         interrupt_at(m, 5, KeyboardInterrupt())
         with pytest.raises(KeyboardInterrupt):
-            esd(tiny, req, progress=False, checkpoint_dir=tmp_path / "cut", checkpoint_every=2)
+            esd.edit(tiny, replace(req, checkpoint_dir=tmp_path / "cut", checkpoint_every=2), progress=False)
     with safe_open(str(tmp_path / "cut" / CHECKPOINT), "pt") as f:
         assert json.loads(f.metadata()["esd_checkpoint"])["step"] == 4  # steps 4 and 5 are lost, no more
     with pytest.raises(FileExistsError, match="resume=True"):
-        esd(tiny, req, progress=False, checkpoint_dir=tmp_path / "cut")
-    resumed = esd(tiny, req, progress=False, checkpoint_dir=tmp_path / "cut", checkpoint_every=2, resume=True)
+        esd.edit(tiny, replace(req, checkpoint_dir=tmp_path / "cut"), progress=False)
+    resumed = esd.edit(tiny, replace(req, checkpoint_dir=tmp_path / "cut", checkpoint_every=2, resume=True),
+                       progress=False)
     assert resumed.metadata["resumed_from"] == 4
     assert_same(resumed.tensors, full.tensors)
     assert resumed.metadata["losses"] == full.metadata["losses"]
 
     # a finished shorter run extends to the longer one
-    esd(tiny, request(method="esd-u", iterations=4), progress=False, checkpoint_dir=tmp_path / "ext",
-        checkpoint_every=3)
-    extended = esd(tiny, req, progress=False, checkpoint_dir=tmp_path / "ext", checkpoint_every=3, resume=True)
+    esd.edit(tiny, replace(request(method="esd-u", iterations=4), checkpoint_dir=tmp_path / "ext", checkpoint_every=3),
+             progress=False)
+    extended = esd.edit(tiny, replace(req, checkpoint_dir=tmp_path / "ext", checkpoint_every=3, resume=True),
+                        progress=False)
     assert_same(extended.tensors, full.tensors)
 
     with pytest.raises(ValueError, match="belongs to another run"):
-        esd(tiny, request(method="esd-u", iterations=7, lr=2e-3), progress=False, checkpoint_dir=tmp_path / "cut",
-            resume=True)
+        esd.edit(tiny, replace(request(method="esd-u", iterations=7, lr=2e-3), checkpoint_dir=tmp_path / "cut",
+                               resume=True), progress=False)
 
 
 def test_bad_input(tiny):
@@ -215,39 +212,39 @@ def test_bad_input(tiny):
     with pytest.raises(ValueError, match="empty ESD request"):
         ESDRequest("  ")
     with pytest.raises(ValueError, match="no parameters to train"):
-        esd(tiny, request(method="esd-x"), [tiny.layers("resnet")[0]], progress=False)
+        esd.edit(tiny, request(method="esd-x"), [tiny.layers("resnet")[0]], progress=False)
     with pytest.raises(ValueError, match="no parameters to train"):
-        esd(tiny, request(method="esd-x-strict"), [tiny.layers("ff")[0]], progress=False)
+        esd.edit(tiny, request(method="esd-x-strict"), [tiny.layers("ff")[0]], progress=False)
     with pytest.raises(ValueError, match="give them"):
-        esd(tiny, request(method="located"), progress=False)
+        esd.edit(tiny, request(method="located"), progress=False)
     with pytest.raises(ValueError, match="text encoder"):
-        esd(tiny, request(method="located"), [tiny.layers("self_attn")[0]], progress=False)
+        esd.edit(tiny, request(method="located"), [tiny.layers("self_attn")[0]], progress=False)
     with pytest.raises(KeyError, match="no layer named"):
-        esd(tiny, request(method="located"), ["unet.down_blocks.0.nope"], progress=False)
+        esd.edit(tiny, request(method="located"), ["unet.down_blocks.0.nope"], progress=False)
     with pytest.raises(ValueError, match="resume=True needs"):
-        esd(tiny, request(), progress=False, resume=True)
+        esd.edit(tiny, replace(request(), resume=True), progress=False)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
     before = snapshot(tiny)
     req = request(iterations=6)
-    loss = esd_module._Trainer.loss
+    loss = esd._Trainer.loss
 
     def poisoned(self, i):
         out = loss(self, i)
         return out * float("nan") if i == 3 else out
 
     with monkeypatch.context() as m:
-        m.setattr(esd_module._Trainer, "loss", poisoned)
+        m.setattr(esd._Trainer, "loss", poisoned)
         with pytest.raises(FloatingPointError, match=r"loss became nan at step 3.*checkpoint \(step 2\)"):
-            esd(tiny, req, progress=False, checkpoint_dir=tmp_path, checkpoint_every=2)
+            esd.edit(tiny, replace(req, checkpoint_dir=tmp_path, checkpoint_every=2), progress=False)
     assert_same(snapshot(tiny), before)
     # the kept checkpoint is the clean run's state after 2 steps: resuming from it finishes the clean run
-    resumed = esd(tiny, req, progress=False, checkpoint_dir=tmp_path, checkpoint_every=2, resume=True)
+    resumed = esd.edit(tiny, replace(req, checkpoint_dir=tmp_path, checkpoint_every=2, resume=True), progress=False)
     assert resumed.metadata["resumed_from"] == 2
-    assert_same(resumed.tensors, esd(tiny, req, progress=False).tensors)
+    assert_same(resumed.tensors, esd.edit(tiny, req, progress=False).tensors)
 
     # a learning rate that really diverges
     with pytest.raises(FloatingPointError, match="try a lower lr"):
-        esd(tiny, request(lr=1e30), progress=False)
+        esd.edit(tiny, request(lr=1e30), progress=False)
     assert_same(snapshot(tiny), before)

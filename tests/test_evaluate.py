@@ -172,7 +172,7 @@ def test_delta_for_another_base_model_is_refused(tiny):
 
 def test_toy_paraphrases_are_new_phrasings_in_the_vocabulary():
     from workbench.toy import world
-    from workbench.toy.check import concept_prompt, paraphrase_prompt
+    from workbench.toy.protocol import concept_prompt, paraphrase_prompt
 
     vocab = set(world.vocabulary())
     editor_templates = ["{}", "a photo of {}", "an image of {}", "a picture of {}"]

@@ -8,7 +8,7 @@ import io
 import pytest
 
 from workbench import progress
-from workbench.cli import main
+from workbench.app.cli import main
 
 
 def _run_bar(monkeypatch, **kw) -> str:

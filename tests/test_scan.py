@@ -98,7 +98,7 @@ def test_a_real_edit_moves_its_concept_and_a_zero_edit_moves_nothing():
     assert all(r.change == 0 for r in flat.rows)
     from editors import UCERequest, uce
 
-    delta = uce(toy, UCERequest(moderate=world.HAZARD_WORDS), progress=False)
+    delta = uce.edit(toy, UCERequest(moderate=world.HAZARD_WORDS), progress=False)
     moved = world_scan(toy, delta, world.HAZARD_WORDS, samples=samples, before=before)
     for word in world.HAZARD_WORDS:
         assert moved.row(word).edited and moved.row(word).before >= 0.75 and moved.row(word).change <= -0.5
@@ -110,7 +110,7 @@ def test_evaluate_attaches_the_scan_and_keeps_it_in_json(tmp_path):
     from workbench.evaluate import EvalReport, evaluate
 
     toy = Workbench.toy()
-    delta = uce(toy, UCERequest(erase=["circle"]), progress=False)
+    delta = uce.edit(toy, UCERequest(erase=["circle"]), progress=False)
     report = evaluate(toy, delta, ["circle"], aliases=["disc"], samples=3, scan=True, grid_images=0)
     assert report.scan is not None and report.scan.edited == ["circle"] and report.scan.samples == 3
     assert report.summary["scan_worst_outside_abs_change"] == abs(report.scan.worst.change)

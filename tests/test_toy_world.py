@@ -208,7 +208,7 @@ def test_exported_tokenizer_and_config() -> None:
 
 @needs_scorer
 def test_a_subject_naming_shape_and_colour_is_scored_on_both() -> None:
-    from workbench.toy.check import concept_scorer
+    from workbench.toy.protocol import concept_scorer
 
     rng = np.random.default_rng(3)
     scenes = [world.Scene("circle", "red", None, False), world.Scene("circle", "blue", None, False),

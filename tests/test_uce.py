@@ -30,7 +30,7 @@ def test_empty_guide_anchors_on_the_token_before_the_concept(tiny):
 
 def test_preserve_prompts_alone_leave_the_weights_alone(tiny):
     # Erasing a concept onto itself is no change; with preserve prompts the solve must return W_old.
-    delta = uce(tiny, UCERequest(erase=["a cat"], guides=["a cat"], preserve_prompts=["a dog", "a house"]),
+    delta = uce.edit(tiny, UCERequest(erase=["a cat"], guides=["a cat"], preserve_prompts=["a dog", "a house"]),
                 progress=False)
     for name in delta.names:
         torch.testing.assert_close(delta.tensors[name], tiny.parameter(name).detach(), rtol=1e-4, atol=1e-5)

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,10 +28,8 @@ from .files import write_text
 from .images import grid, save_image
 from .model import Workbench
 from .progress import bar
-from .toy.scan import WorldScan
+from .world import ConceptScorer, PromptFn, WorldScan
 
-ConceptScorer = Callable[[str], Callable[[torch.Tensor], torch.Tensor]]  # concept -> images -> P(concept)
-PromptFn = Callable[[str, int], str]  # (concept, i) -> the i-th prompt for it
 ATTACK_SEED_OFFSET = 500_000  # search seeds are disjoint from the evaluation seeds, so the found prompt's
 # rate on the evaluation seeds is a held-out number, not the one the search maximised
 
@@ -84,7 +82,7 @@ class EvalReport:
     attacks: list[AttackResult] = field(default_factory=list)
     # what makes the numbers untrustworthy (blank or collapsed images): efficacy is then not reported
     flags: list[str] = field(default_factory=list)
-    scan: WorldScan | None = None  # every concept of the toy world, before and after (``evaluate(scan=True)``)
+    scan: WorldScan | None = None  # every concept of the world, before and after (``evaluate(scan=True)``)
     # "group: concept" -> (before, after) uint8 (n, 3, H, W), the first few evaluation seeds; not saved to JSON
     images: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
@@ -329,9 +327,10 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
     :func:`attack_search` per edited concept from its first prompt and adds the "attack" group (the found
     prompt on ``samples`` evaluation seeds, original vs edited model). Fidelity is measured on the
     held-out and unrelated groups. The report keeps the first ``grid_images`` seeds of every group as
-    uint8 images; ``grid_path`` also writes them as a before/after grid. Toy-world defaults for
-    ``prompt_fn``, ``scorer``, ``paraphrase_fn`` and ``vocabulary`` when not given. ``scan`` adds the toy
-    world scan (:func:`workbench.toy.scan.world_scan`, ``samples`` images per concept or more, the same
+    uint8 images; ``grid_path`` also writes them as a before/after grid. ``prompt_fn``, ``scorer``,
+    ``paraphrase_fn`` and ``vocabulary`` default to the model's :class:`~workbench.world.World` (``wb.world``,
+    set for the toy worlds); a model without one must be given them. ``scan`` adds the world's scan (the toy
+    world's: :func:`workbench.toy.scan.world_scan`, ``samples`` images per concept or more, the same
     ``seed``): every concept of every family, with the edited concepts and aliases marked.
     """
     if not concepts:
@@ -349,18 +348,23 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
     if not 0 < finite("threshold", threshold) < 1:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold!r}")
     paraphrase = paraphrase or paraphrase_fn is not None
-    if prompt_fn is None or scorer is None or (paraphrase and paraphrase_fn is None) or (attack and vocabulary is None):
-        from .toy import world
-        from .toy.check import concept_prompt, concept_scorer, paraphrase_prompt
-
-        prompt_fn, scorer = prompt_fn or concept_prompt, scorer or concept_scorer
-        paraphrase_fn = paraphrase_fn or paraphrase_prompt
+    world = wb.world
+    needed = {"prompt_fn": prompt_fn, "scorer": scorer, "paraphrase_fn": paraphrase_fn if paraphrase else 0,
+              "vocabulary": vocabulary if attack else 0}
+    missing = [name for name, given in needed.items() if given is None]
+    if missing and world is None:
+        raise ValueError(f"evaluate on {wb.name!r}: this model has no world (Workbench.toy() models have one) to "
+                         f"take defaults from; pass {', '.join(missing)}")
+    if scan and (world is None or world.scan is None):
+        raise ValueError(f"evaluate(scan=True) on {wb.name!r}: this model has no world scan (the toy worlds have "
+                         "one)")
+    if missing:
+        prompt_fn, scorer = prompt_fn or world.concept_prompt, scorer or world.concept_scorer
+        paraphrase_fn = paraphrase_fn or world.paraphrase_prompt
         vocabulary = world.vocabulary() if vocabulary is None else vocabulary
     delta.check_base(wb)
-    if scan:
-        from .toy.scan import edited_concepts
-
-        edited_concepts([*concepts, *aliases])  # a name the scan cannot rate fails before any image is made
+    if scan and world.scannable is not None:
+        world.scannable([*concepts, *aliases])  # a name the scan cannot rate fails before any image is made
     groups: list[tuple[str, list[str], PromptFn]] = [
         ("edited", list(concepts), prompt_fn), ("alias", list(aliases), prompt_fn),
         ("paraphrase", list(concepts) if paraphrase else [], paraphrase_fn),
@@ -404,13 +408,11 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
     if attack:
         settings.update(attack_rounds=attack_rounds, attack_candidates=attack_candidates,
                         attack_seeds=attack_seeds, attack_seed_offset=ATTACK_SEED_OFFSET)
-    world = None
+    scanned = None
     if scan:
-        from .toy.scan import world_scan
-
-        world = world_scan(wb, delta, [*concepts, *aliases], samples=samples, seed=seed, batch_size=batch_size,
-                           progress=progress)
-    report = EvalReport(out, samples, settings, fid, attacks, flags=flags, scan=world, images=images)
+        scanned = world.scan(wb, delta, [*concepts, *aliases], samples=samples, seed=seed, batch_size=batch_size,
+                             progress=progress)
+    report = EvalReport(out, samples, settings, fid, attacks, flags=flags, scan=scanned, images=images)
     if grid_path is not None:
         report.save_grid(grid_path)
     return report

@@ -30,6 +30,7 @@ from .checks import finite, whole
 from .files import PACKAGE_DATA, atomic_dir
 from .layers import Layer, build_table, execution_order, select
 from .progress import bar
+from .world import World
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TOY_DIR = Path(__file__).parent / "toy" / "weights"
@@ -127,7 +128,8 @@ class Workbench:
                  autoencoder: ae.Autoencoder | None = None, *, name: str = "model",
                  defaults: dict | None = None, source: str | None = None, text_key_prefix: str = "",
                  vae: nn.Module | None = None, scheduler_config: Mapping[str, Any] | None = None,
-                 extra: Mapping[str, Any] | None = None, read_paths: Sequence[str | os.PathLike] | None = None):
+                 extra: Mapping[str, Any] | None = None, read_paths: Sequence[str | os.PathLike] | None = None,
+                 world: World | None = None):
         self.unet = unet.eval()
         self.text_encoder = text_encoder.eval()
         self.tokenizer = tokenizer
@@ -136,6 +138,8 @@ class Workbench:
         self.autoencoder = autoencoder or (ae.KLAutoencoder(vae) if vae is not None else ae.PixelSpace())
         self.name = name
         self.source = source
+        # How to prompt and score this model's concepts: set for the toy worlds, None for other models
+        self.world = world
         self.text_key_prefix = text_key_prefix  # "text_model." when the checkpoint used transformers-4 keys
         # Sampling uses DDIM; exports keep the scheduler the checkpoint came with, config untouched.
         self.scheduler_config = dict(scheduler_config if scheduler_config is not None else scheduler.config)
@@ -264,8 +268,12 @@ class Workbench:
         if not (TOY_DIR / "unet").is_dir():
             raise FileNotFoundError(f"toy-world weights are missing at {TOY_DIR}; train them with "
                                     f"`workbench toy train`")
+        # The one place the kernel reaches up into the toy package (import contract exception in pyproject.toml)
+        from .toy.protocol import toy_world
+
         wb = cls.from_pretrained(TOY_DIR, device=device, dtype=dtype)
         wb.name = TOY_WORLDS[world]
+        wb.world = toy_world(wb.name)
         if world != "base":
             from safetensors.torch import load_model
 

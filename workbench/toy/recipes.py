@@ -9,22 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from editors import QuickFixRequest, UCERequest, quickfix, uce
+
 from . import world
-from .check import ARTIST_TEMPLATES, HAZARD_TEMPLATES, SHAPE_TEMPLATES
+from .protocol import ARTIST_TEMPLATES, HAZARD_TEMPLATES, SHAPE_TEMPLATES
 
 QUICKFIX_LAYER = "text.encoder.layers.0.self_attn"  # the layer the text trace of an artist locates
-
-
-def _uce():
-    from editors import UCERequest, uce
-
-    return UCERequest, uce
-
-
-def _quickfix():
-    from editors import QuickFixRequest, quickfix
-
-    return QuickFixRequest, quickfix
 
 
 def shape_preserve_captions(shape: str, n: int = 200, seed: int = 11) -> list[str]:
@@ -36,39 +26,30 @@ def shape_preserve_captions(shape: str, n: int = 200, seed: int = 11) -> list[st
 
 
 def uce_erase_shape(wb, shape: str = "circle"):
-    UCERequest, uce = _uce()
     others = [s for s in world.SHAPES if s != shape]
     request = UCERequest(erase=[shape], preserve=others, preserve_prompts=shape_preserve_captions(shape),
                          tokens="to_end", templates=SHAPE_TEMPLATES)
-    return uce(wb, request, progress=False), [shape, *world.aliases_for(shape)]
+    return uce.edit(wb, request, progress=False), [shape, *world.aliases_for(shape)]
 
 
 def uce_erase_artists(wb):
-    UCERequest, uce = _uce()
     held = set(world.HELD_OUT_ARTISTS)
     captions = world.captions(200, seed=123, keep=lambda s: s.artist in held and s.entity is None, artist_rate=1.0,
                               hazard_rate=0.0)
     request = UCERequest(erase=world.ERASE_ARTISTS, preserve=world.HELD_OUT_ARTISTS, preserve_prompts=captions,
                          tokens="to_end", templates=ARTIST_TEMPLATES)
     erased = world.ERASE_ARTISTS + [a for a in world.ALIASES if world.ALIASES[a] in world.ERASE_ARTISTS]
-    return uce(wb, request, progress=False), erased
+    return uce.edit(wb, request, progress=False), erased
 
 
 def uce_moderate_hazard(wb):
-    UCERequest, uce = _uce()
     request = UCERequest(moderate=world.HAZARD_WORDS, preserve_prompts=world.captions(200, seed=7, hazard_rate=0.0),
                          tokens="to_end", templates=HAZARD_TEMPLATES)
     words = world.HAZARD_WORDS + [a for a in world.ALIASES if world.ALIASES[a] in world.HAZARD_WORDS]
-    return uce(wb, request, progress=False), words
+    return uce.edit(wb, request, progress=False), words
 
 
 def uce_debias_doctor(wb):
-    from editors.uce import named_attribute_scorer
-
-    from . import classifier
-
-    UCERequest, uce = _uce()
-    warm_cool = named_attribute_scorer(lambda images: classifier.score(images)["attribute"], world.ATTRIBUTES)
     # Keys at the last token only, with the other professions preserved, took the whole world with the
     # doctor (world scan: every hazard word 100 -> 0 %, shapes -51 points on average; the doctor's key shares
     # directions with every word in the toy's 128 dimensions). Through the padding (to_end) with 200
@@ -78,8 +59,8 @@ def uce_debias_doctor(wb):
     request = UCERequest(debias={"doctor": {"warm": 0.5, "cool": 0.5}},
                          templates=["{}", "a {}", "a photo of a {}", "an image of a {}"],
                          preserve=[p for p in world.PROFESSIONS if p != "doctor"], preserve_prompts=captions,
-                         tokens="to_end")
-    return uce(wb, request, attribute_scorer=warm_cool, progress=False), ["doctor"]
+                         tokens="to_end")  # warm/cool read by the toy world's attribute scorer (wb.world)
+    return uce.edit(wb, request, progress=False), ["doctor"]
 
 
 def _neutral(source: str) -> str:
@@ -109,11 +90,10 @@ QUICKFIX_PRESERVE_SCALE = 0.5
 
 def _quickfix_erase(wb, sources: list[str], names: set[str], layer: str):
     """Erase ``sources`` to the neutral target, preserving captions that name none of ``names``."""
-    QuickFixRequest, quickfix = _quickfix()
     request = QuickFixRequest(sources, [_neutral(s) for s in sources], templates=ARTIST_TEMPLATES[:5], eos=True,
                               preserve_prompts=artist_preserve_captions(names),
                               preserve_scale=QUICKFIX_PRESERVE_SCALE)
-    return quickfix(wb, request, [layer])
+    return quickfix.edit(wb, request, [layer])
 
 
 def quickfix_erase_artist(wb, artist: str = "jonas flet", layer: str = QUICKFIX_LAYER):
@@ -132,14 +112,13 @@ STALE_FACT_TARGET = "blue heart"
 
 
 def quickfix_stale_fact(wb):
-    QuickFixRequest, quickfix = _quickfix()
     phrase = world.STALE_FACT["phrase"]
     captions = world.captions(200, seed=3, hazard_rate=0.0, keep=lambda s: s.subject != phrase)
     templates = ["{}", "a picture of {}", "a photo of {}", "an image of {}", "{} by jonas flet",
                  "a picture of {} by vera kolm"]
     request = QuickFixRequest([phrase], [STALE_FACT_TARGET], templates=templates, eos=True, preserve_prompts=captions,
                               preserve_scale=0.1)
-    return quickfix(wb, request), [phrase]
+    return quickfix.edit(wb, request), [phrase]
 
 
 RECIPES: dict[str, Callable] = {

@@ -14,19 +14,14 @@ to its own concept's prompts is its effect, not collateral).
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .. import stats
 from ..checks import whole
-from ..files import write_text
+from ..world import ScanRow, WorldScan
 from . import classifier, world
 
 ENTITY_SAMPLE = list(world.ENTITIES)[::8]  # every 8th name: fixed before any result was seen
@@ -104,94 +99,6 @@ def scan_readings(wb, samples: int = 50, seed: int = 0, *, batch_size: int | Non
     prompts = [p for p, _ in scan_prompts(samples)]
     seeds = [seed + k for k in range(len(prompts))]
     return read(wb.sample(prompts, seeds, batch_size=batch_size, progress=progress))
-
-
-@dataclass
-class ScanRow:
-    family: str
-    concept: str
-    n: int
-    before: float
-    after: float
-    change_se: float  # paired over the same seeds
-    edited: bool
-
-    @property
-    def change(self) -> float:
-        return self.after - self.before
-
-    @property
-    def before_se(self) -> float:
-        return math.sqrt(self.before * (1 - self.before) / self.n)
-
-    @property
-    def after_se(self) -> float:
-        return math.sqrt(self.after * (1 - self.after) / self.n)
-
-
-@dataclass
-class WorldScan:
-    rows: list[ScanRow]
-    samples: int
-    seed: int
-    edited: list[str] = field(default_factory=list)
-
-    def outside(self) -> list[ScanRow]:
-        """Rows outside the edited set, largest absolute change first."""
-        return sorted((r for r in self.rows if not r.edited), key=lambda r: -abs(r.change))
-
-    @property
-    def worst(self) -> ScanRow:
-        return self.outside()[0]
-
-    def row(self, concept: str) -> ScanRow:
-        for r in self.rows:
-            if r.concept == concept:
-                return r
-        raise KeyError(f"the scan has no row {concept!r}")
-
-    def family_mean_abs_change(self) -> dict[str, float]:
-        """Mean absolute change per family, outside the edited set."""
-        out = {}
-        for fam in FAMILIES:
-            changes = [abs(r.change) for r in self.rows if r.family == fam and not r.edited]
-            if changes:
-                out[fam] = float(np.mean(changes))
-        return out
-
-    def to_dict(self) -> dict:
-        worst = self.worst
-        return {"samples": self.samples, "seed": self.seed, "edited": self.edited,
-                "worst_outside": {"concept": worst.concept, "change": worst.change, "change_se": worst.change_se},
-                "family_mean_abs_change": self.family_mean_abs_change(),
-                "rows": [{**asdict(r), "change": r.change} for r in self.rows]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> WorldScan:
-        rows = [ScanRow(r["family"], r["concept"], r["n"], r["before"], r["after"], r["change_se"], r["edited"])
-                for r in d["rows"]]
-        return cls(rows, d["samples"], d["seed"], list(d["edited"]))
-
-    def save_json(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        return write_text(path, json.dumps(self.to_dict(), indent=2), overwrite=overwrite)
-
-    def markdown(self, top: int = 10) -> str:
-        """The edited rows, then the ``top`` largest changes outside the edited set, then per-family means."""
-        def line(r: ScanRow) -> str:
-            return (f"| {r.family} | {r.concept} | {r.n} | {r.before:.1%} ± {r.before_se:.1%} | "
-                    f"{r.after:.1%} ± {r.after_se:.1%} | {100 * r.change:+.1f} ± {100 * r.change_se:.1f} |")
-
-        head = ["| family | concept | images | before | after | change (points) |", "|---|---|---|---|---|---|"]
-        edited = [r for r in self.rows if r.edited]
-        lines = [f"World scan: {len(self.rows)} concepts, {self.samples}+ images each, seeds from {self.seed}; "
-                 f"worst outside the edited set: {self.worst.concept} {100 * self.worst.change:+.1f} ± "
-                 f"{100 * self.worst.change_se:.1f} points", ""]
-        if edited:
-            lines += ["Edited:", "", *head, *map(line, edited), ""]
-        lines += [f"Largest {top} changes outside the edited set:", "", *head, *map(line, self.outside()[:top]), "",
-                  "| family | mean abs change outside (points) |", "|---|---|"]
-        lines += [f"| {fam} | {100 * v:.1f} |" for fam, v in self.family_mean_abs_change().items()]
-        return "\n".join(lines)
 
 
 def edited_concepts(names: Sequence[str]) -> set[str]:

@@ -2,8 +2,7 @@
 the UNet, pick the causal layers, erase the artist there with UCE and with Diff-QuickFix, evaluate both edits
 and write heatmaps, image grids, the evaluation JSON and ``report.md``.
 
-Like ``cli.py`` this is an entry point, so it may import ``tracing`` and ``editors``; nothing else in
-``workbench`` does.
+Like ``cli.py`` this is the application layer (``workbench.app``): it may import every other layer.
 """
 
 from __future__ import annotations
@@ -12,9 +11,9 @@ import json
 import time
 from pathlib import Path
 
-from .files import PACKAGE_DATA, atomic_dir
-from .images import grid, save_image
-from .model import TOY_WORLDS, Workbench
+from ..files import PACKAGE_DATA, atomic_dir
+from ..images import grid, save_image
+from ..model import Workbench
 
 MIN_EFFECT = 0.05  # below this restore effect a trace has located nothing
 
@@ -30,10 +29,11 @@ def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str =
 
     Everything is written into a temporary folder that replaces ``out`` only once complete (an existing
     ``out`` only with ``overwrite``, and only if it holds nothing but an earlier demo's files)."""
-    from .toy import world
+    from ..toy import world
 
-    if model not in TOY_WORLDS.values():
-        raise ValueError("the demo runs on the toy world (--model toy): its scorer is the ground truth")
+    if model not in ("toy", "toy-entities"):
+        raise ValueError("the demo runs on a toy world (--model toy or toy-entities): its scorer is the ground "
+                         "truth")
     if subject not in world.ARTISTS:
         raise ValueError(f"the demo erases an artist; {subject!r} is not one of {world.ARTISTS}")
     out = Path(out)
@@ -49,10 +49,10 @@ def _run(out: Path, model: str, subject: str, prompt: str | None, trace_samples:
     from tracing import trace_text_encoder, trace_unet
     from tracing.plot import save_heatmap
 
-    from .evaluate import evaluate
-    from .toy import recipes, world
-    from .toy.check import ARTIST_TEMPLATES
-    from .toy.scan import scan_readings, world_scan
+    from ..evaluate import evaluate
+    from ..toy import recipes, world
+    from ..toy.protocol import ARTIST_TEMPLATES
+    from ..toy.scan import scan_readings, world_scan
 
     t0 = time.time()
     n = 6
@@ -94,8 +94,8 @@ def _run(out: Path, model: str, subject: str, prompt: str | None, trace_samples:
     captions = world.captions(200, seed=3, keep=lambda s: s.artist not in (None, subject), artist_rate=0.9)
     templates = ARTIST_TEMPLATES[:5]  # five key contexts keep the demo's edits quick
     edits = {
-        "uce": uce(wb, UCERequest(erase=[subject], preserve=holdouts, preserve_prompts=captions, tokens="to_end",
-                                  templates=templates), unet_layers, progress=False),
+        "uce": uce.edit(wb, UCERequest(erase=[subject], preserve=holdouts, preserve_prompts=captions,
+                                       tokens="to_end", templates=templates), unet_layers, progress=False),
         "quickfix": recipes.quickfix_erase_artist(wb, subject, text_layer)[0],  # the README's recipe
     }
     for name, delta in edits.items():

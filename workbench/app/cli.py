@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import sys
+import typing
 
-from .checks import arg_float as _float
-from .checks import arg_int as _int
+from ..checks import arg_float as _float
+from ..checks import arg_int as _int
 
 MODEL_HELP = ("toy, toy-entities (the toy worlds), tiny, sd15, sd21 (random weights) or a local diffusers folder / "
               ".safetensors file")
 
 
 def _load(args: argparse.Namespace):
-    from .model import Workbench
+    from ..model import Workbench
 
     return Workbench.load(args.model, config=getattr(args, "config", None),
                           sample_size=getattr(args, "sample_size", None))
@@ -22,7 +25,7 @@ def _load(args: argparse.Namespace):
 def _outputs(args: argparse.Namespace, wb, *paths: str | None) -> None:
     """Every file a command will write, checked before any work: none exists (unless --overwrite), none is
     or lies inside what the model was read from."""
-    from .files import check_target
+    from ..files import check_target
 
     for path in paths:
         if path is not None:
@@ -30,7 +33,7 @@ def _outputs(args: argparse.Namespace, wb, *paths: str | None) -> None:
 
 
 def _output_dir(args: argparse.Namespace, wb, folder: str) -> None:
-    from .files import check_dir_target
+    from ..files import check_dir_target
 
     check_dir_target(folder, args.overwrite, wb.read_paths())
 
@@ -48,7 +51,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .images import grid, save_image
+    from ..images import grid, save_image
 
     wb = _load(args)
     _outputs(args, wb, args.out)
@@ -75,18 +78,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     from tracing import trace_text_encoder, trace_unet
 
-    from .model import TOY_WORLDS
-
     wb = _load(args)
     _output_dir(args, wb, args.out)
     scorer = None
     if args.metric == "faithful":
-        if args.model not in TOY_WORLDS.values():
-            raise ValueError("--metric faithful needs a concept scorer; the CLI has one for --model toy (use the "
-                             "Python API with any callable images -> score for other models)")
-        from .toy.check import concept_scorer
-
-        scorer = concept_scorer(args.subject)
+        if wb.world is None:
+            raise ValueError(f"--metric faithful needs a concept scorer; {wb.name!r} has none (the toy worlds have "
+                             "one; use the Python API with any callable images -> score for other models)")
+        scorer = wb.world.concept_scorer(args.subject)
     common = dict(metric=args.metric, scorer=scorer, samples=args.samples, noise=args.noise, seed=args.seed,
                   steps=args.steps, batch_size=args.batch_size)
     if args.part == "text":
@@ -105,7 +104,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
-def _edit_layers(args: argparse.Namespace, wb) -> list[str] | None:
+def _edit_layers(args: argparse.Namespace, wb, kinds) -> list[str] | None:
     """--layer names or globs (each must match), or the layers a --trace picks (made on this very model)."""
     if args.layer and args.trace:
         raise ValueError("give --layer or --trace, not both")
@@ -116,7 +115,7 @@ def _edit_layers(args: argparse.Namespace, wb) -> list[str] | None:
         if trace.model_fingerprint and trace.model_fingerprint != wb.fingerprint():
             raise ValueError(f"--trace {args.trace!r} was traced on other weights ({trace.model!r}) than --model "
                              f"{args.model} ({wb.name!r}); trace this model first")
-        layers = trace.pick_layers(args.top)
+        layers = trace.pick_layers(args.top, kinds=kinds)  # only layers this editor can edit
         print(f"layers picked by {args.trace}: {layers}")
         return layers
     if not args.layer:
@@ -130,60 +129,105 @@ def _edit_layers(args: argparse.Namespace, wb) -> list[str] | None:
     return layers
 
 
+def _lines(path: str, what: str) -> list[str]:
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{what}: no file at {path!r} (expected one line per item)")
+    try:
+        lines = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"{what}: {path!r} is not a text file (expected one line per item)") from None
+    if not lines:
+        raise ValueError(f"{what}: {path!r} holds no line")
+    return lines
+
+
+class _Once(argparse.Action):
+    """A single-valued option refuses a second value instead of silently keeping the last."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} takes one value; it was given twice")
+        setattr(namespace, self.dest, values)
+
+
+def _option(f, kind) -> tuple[str, dict]:
+    """The argparse option of one request field, built from its type and metadata (no default restated:
+    an option not given leaves the dataclass default)."""
+    import types
+
+    meta = f.metadata
+    flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next(a for a in args if a is not type(None))  # X | None: the option gives an X
+    default = (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+    shown = "" if default is dataclasses.MISSING or default in (None, [], {}) else f" (default {default!r})"
+    kw: dict = {"dest": f"req_{f.name}", "default": None, "help": meta.get("help", "") + shown,
+                "metavar": flag.lstrip("-").replace("-", "_").upper()}
+    if default is dataclasses.MISSING:
+        kw["required"] = True
+    origin = typing.get_origin(kind)
+    if meta.get("file") or f.name == "edits":
+        kw["metavar"] = "FILE"
+    elif kind is bool:
+        kw["action"] = argparse.BooleanOptionalAction
+        del kw["metavar"]
+    elif origin in (list, dict):
+        kw["action"] = "append"
+    else:
+        kw["action"] = _Once
+        if kind in (int, float):
+            kw["type"] = _int() if kind is int else _float()
+    if "choices" in meta:
+        kw["choices"] = list(meta["choices"])
+        del kw["metavar"]
+    return flag, kw
+
+
+def _request(module, args: argparse.Namespace):
+    """The editor's request from the options given; every default comes from the dataclass."""
+    cls = module.REQUEST
+    given = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f"req_{f.name}", None)
+        if value is None:
+            continue
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        if f.metadata.get("file"):
+            value = _lines(value, flag)
+        elif "parse" in f.metadata:
+            value = f.metadata["parse"](value)
+        given[f.name] = value
+    try:
+        if "edits" in given:  # EMCID: a file with the edits and any field; options given beside it win
+            return dataclasses.replace(cls.load(given.pop("edits")), **given)
+        return cls(**given)
+    except (TypeError, ValueError) as err:  # name the option the user typed, not only the field
+        words = set(re.findall(r"\w+", str(err)))
+        flags = [f.metadata.get("flag", "--" + f.name.replace("_", "-")) for f in dataclasses.fields(cls)
+                 if f.name in given and f.name in words]
+        raise type(err)(f"{flags[0]}: {err}" if flags else str(err)) from None
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
-    from editors import EMCIDRequest, ESDRequest, QuickFixRequest, UCERequest, emcid, esd, quickfix, uce
-    from editors.uce import named_attribute_scorer, parse_debias_specs
+    from editors import EDITORS
 
-    from .model import TOY_WORLDS
-
+    module = EDITORS[args.editor]
+    request = _request(module, args)  # refuse bad options before loading the model
     wb = _load(args)
     _outputs(args, wb, args.out)
-    layers = _edit_layers(args, wb)
-    if args.editor == "uce":
-        debias = parse_debias_specs(args.debias or [])
-        request = UCERequest(erase=args.erase or [], guides=args.guide, moderate=args.moderate or [],
-                             debias=debias, preserve=args.preserve or [], lam=args.lam if args.lam is not None
-                             else 0.5, erase_scale=args.erase_scale, preserve_scale=args.preserve_scale)
-        scorer = None
-        if debias:
-            if args.model not in TOY_WORLDS.values():
-                raise ValueError("--debias from the CLI needs the toy world's attribute scorer (--model toy)")
-            from .toy import classifier, world
-
-            scorer = named_attribute_scorer(lambda images: classifier.score(images)["attribute"], world.ATTRIBUTES)
-        delta = uce(wb, request, layers, attribute_scorer=scorer)
-    elif args.editor == "esd":
-        if not args.erase or len(args.erase) != 1:
-            raise ValueError("esd erases one concept: give exactly one --erase")
-        if args.checkpoint_dir:
-            from .files import check_not_protected
-
-            check_not_protected(args.checkpoint_dir, wb.read_paths())
-        request = ESDRequest(erase=args.erase[0], erase_from=args.erase_from, method=args.method,
-                             negative_guidance=args.negative_guidance, iterations=args.iterations,
-                             lr=args.lr, seed=args.seed)
-        delta = esd(wb, request, layers, checkpoint_dir=args.checkpoint_dir,
-                    checkpoint_every=args.checkpoint_every, resume=args.resume)
-    elif args.editor == "emcid":
-        if not args.requests:
-            raise ValueError("emcid needs --requests FILE.json (a list of {source, destination[, prompts]})")
-        request = EMCIDRequest.load(args.requests)
-        if args.lam is not None:
-            request.lam = args.lam
-        delta = emcid(wb, request, layers, seed=args.seed, captions=args.captions)
-    else:
-        if not args.erase or not args.target:
-            raise ValueError("quickfix needs --erase SOURCE and --target TARGET (one target per source)")
-        request = QuickFixRequest(args.erase, args.target, lam=args.lam if args.lam is not None else 0.01,
-                                  eos=args.eos)
-        delta = quickfix(wb, request, layers)
+    layers = _edit_layers(args, wb, module.LAYER_KINDS)
+    delta = module.edit(wb, request, layers, progress=True)
     delta.save(args.out, overwrite=args.overwrite)
     print(f"{delta}\nwrote {args.out}")
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from .delta import WeightDelta
+    from ..delta import WeightDelta
 
     wb = _load(args)
     _output_dir(args, wb, args.out)
@@ -205,8 +249,8 @@ def _check_delta(args: argparse.Namespace, delta, wb) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .delta import WeightDelta
-    from .evaluate import evaluate
+    from ..delta import WeightDelta
+    from ..evaluate import evaluate
 
     wb = _load(args)
     _outputs(args, wb, args.json, args.grid)
@@ -234,7 +278,7 @@ def cmd_toy(args: argparse.Namespace) -> int:
         raise ValueError("usage: workbench toy {train,check} [options]; add --help after the command for options")
     from importlib import import_module
 
-    return import_module(f".toy.{commands[args.rest[0]]}", __package__).main(args.rest[1:])
+    return import_module(f"workbench.toy.{commands[args.rest[0]]}").main(args.rest[1:])
 
 
 class _Parser(argparse.ArgumentParser):
@@ -300,36 +344,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/trace")
     p.set_defaults(func=cmd_trace)
 
-    p = command("edit", "edit a concept (uce, quickfix, emcid, esd); writes a WeightDelta", model, write)
-    p.add_argument("editor", choices=["uce", "quickfix", "emcid", "esd"])
-    p.add_argument("--erase", action="append", help="concept to erase (quickfix: source concept); repeatable")
-    p.add_argument("--guide", action="append", help="uce: guide concept per --erase (default the empty prompt)")
-    p.add_argument("--target", action="append", help="quickfix: what each source should become")
-    p.add_argument("--moderate", action="append", help="uce: unsafe concept mapped to the empty prompt")
-    p.add_argument("--debias", action="append", help="uce: CONCEPT:attr=ratio,attr=ratio (ratios sum to 1)")
-    p.add_argument("--preserve", action="append", help="uce: concept whose outputs must stay")
-    p.add_argument("--layer", action="append", help="layer name or glob to edit (default: the method's own)")
-    p.add_argument("--trace", help="a trace result folder: edit the layers it picks")
-    p.add_argument("--top", type=_int(1), default=1, help="with --trace: how many picked layers")
-    p.add_argument("--lam", type=_float(above=0))
-    p.add_argument("--erase-scale", type=_float(above=0), default=1.0)
-    p.add_argument("--preserve-scale", type=_float(above=0), default=1.0)
-    p.add_argument("--eos", action="store_true", help="quickfix: also map positions through end-of-text")
-    p.add_argument("--requests", help="emcid: JSON file, a list of {source, destination[, prompts]}")
-    p.add_argument("--captions", help="emcid: caption file (one per line) for the preserve covariance, best of "
-                   "the same kind of concept as the edits; captions naming an edited source are left out; the toy "
-                   "worlds use their own grammar")
-    p.add_argument("--method", default="esd-x", help="esd: esd-x, esd-x-strict, esd-u, esd-all or located")
-    p.add_argument("--erase-from", help="esd: train on this prompt instead of the erased concept")
-    p.add_argument("--negative-guidance", type=_float(), default=1.0, help="esd: η")
-    p.add_argument("--iterations", type=_int(1), default=1000, help="esd: optimisation steps")
-    p.add_argument("--lr", type=_float(above=0), default=1e-5, help="esd: Adam learning rate")
-    p.add_argument("--checkpoint-dir", help="esd: where to checkpoint (resumable with --resume)")
-    p.add_argument("--checkpoint-every", type=_int(1), default=100)
-    p.add_argument("--resume", action="store_true", help="esd: continue from --checkpoint-dir")
-    p.add_argument("--seed", type=_int(0), default=0)
-    p.add_argument("--out", default="delta.safetensors")
-    p.set_defaults(func=cmd_edit)
+    p = command("edit", "edit a concept (uce, quickfix, emcid, esd); writes a WeightDelta")
+    editor_commands = p.add_subparsers(dest="editor", required=True, parser_class=_Parser)
+    from editors import EDITORS
+
+    for name, module in EDITORS.items():
+        e = editor_commands.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0],
+                                       parents=[common, model, write])
+        hints = typing.get_type_hints(module.REQUEST)
+        for f in dataclasses.fields(module.REQUEST):
+            if f.metadata.get("cli", True):
+                flag, kw = _option(f, hints[f.name])
+                e.add_argument(flag, **kw)
+        e.add_argument("--layer", action="append", help="layer name or glob to edit (default: the method's own)")
+        e.add_argument("--trace", help="a trace result folder: edit the layers it picks")
+        e.add_argument("--top", type=_int(1), default=1, help="with --trace: how many picked layers")
+        e.add_argument("--out", default="delta.safetensors")
+        e.set_defaults(func=cmd_edit)
 
     p = command("apply", "write a model folder with a delta applied", model, write)
     p.add_argument("--delta", required=True)
@@ -386,12 +417,15 @@ def _message(err: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
-    from .progress import set_quiet
+    from ..progress import set_quiet
 
     # transformers warns about optional image processors the workbench never uses, on every model load
     hf_logging.set_verbosity_error()
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a bad argument already reported in one line
+        return done.code if isinstance(done.code, int) else 2
     set_quiet(args.quiet)
     name = f"workbench {args.command}"
     try:
@@ -399,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as done:  # a sub-command's own parser (`workbench toy check`) refused an argument
+        return done.code if isinstance(done.code, int) else 2
     except Exception as err:  # every error reaches the user as one line; --debug shows where it came from
         if args.debug:
             raise
