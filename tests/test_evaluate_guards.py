@@ -119,3 +119,17 @@ def test_sample_arguments_are_checked(kwargs, words):
 def test_bad_patches_are_refused(patch, words):
     with pytest.raises((ValueError, TypeError), match=words):
         patch("unet.mid_block.attentions.0.transformer_blocks.0.attn2")
+
+
+def test_a_model_without_a_world_needs_its_prompts_and_scorer_named(tiny):
+    name = tiny.layers("to_v")[0] + ".weight"
+    delta = WeightDelta.capture(tiny, {name: tiny.parameter(name).detach() * 1.01}, method="test")
+    assert tiny.world is None
+    for missing, given in (("prompt_fn, scorer", {}), ("scorer", {"prompt_fn": COMMON["prompt_fn"]}),
+                           ("prompt_fn", {"scorer": COMMON["scorer"]})):
+        with pytest.raises(ValueError, match=f"has no world .* pass {missing}$"):
+            evaluate(tiny, delta, ["cat"], samples=2, **given)
+    with pytest.raises(ValueError, match="has no world scan"):
+        evaluate(tiny, delta, ["cat"], scan=True, **COMMON)
+    with pytest.raises(ValueError, match="pass vocabulary"):
+        evaluate(tiny, delta, ["cat"], attack=True, **COMMON)
