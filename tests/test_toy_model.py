@@ -39,6 +39,7 @@ STRONG_SHAPES = ["circle", "square", "triangle", "star", "diamond", "hexagon", "
 WEAK_SHAPES = ["cross", "heart", "ring"]  # card: 62-70 %, 74-84 %, 66-70 %
 
 
+@pytest.mark.slow  # the report fixture generates 888 toy images
 def test_no_rate_falls_below_the_model_card(report):
     r = report["rates"]
     for key, floor in FLOORS.items():
@@ -52,6 +53,7 @@ def test_no_rate_falls_below_the_model_card(report):
     assert report["checks"]["aliases together >= 0.85 × canonical"]["passed"]
 
 
+@pytest.mark.slow  # the report fixture generates 888 toy images
 def test_check_reports_standard_errors_and_passes_only_on_bounds(report):
     assert report["seed_base"] == 400_000_000 and report["images"] == 888
     assert report["seeds"] == [400_000_000, 400_000_000 + 887]
@@ -62,6 +64,7 @@ def test_check_reports_standard_errors_and_passes_only_on_bounds(report):
     assert check["bound"] == shape["lower"] and check["passed"] == (shape["lower"] >= 0.95)
 
 
+@pytest.mark.slow  # the report fixture generates 888 toy images
 def test_scorers_agree_on_generated_images(report):
     for head in ("shape", "colour", "hazard"):
         assert report["agreement_cnn_rule"][head]["rate"] >= 0.85, head

@@ -3,7 +3,9 @@
 Recipe from research round 3: text reaches the UNet only through cross-attention, latent is an
 exact pixel-unshuffle(4) of the image, cosine schedule, v-prediction, min-SNR-5 weighting, EMA.
 
-    python -m workbench.toy.train --steps 6000 --out workbench/toy/weights [--resume] [--seed 0]
+    workbench toy train --steps 5000 --out runs/toy-base/export --run-dir runs/toy-base [--resume] [--init FOLDER]
+
+The stages that made the shipped worlds are in workbench/toy/README.md.
 """
 
 from __future__ import annotations
@@ -35,14 +37,16 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from tokenizers.processors import TemplateProcessing
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
+from workbench.autoencoder import PixelUnshuffle
 from workbench.checks import arg_float, arg_int
-from workbench.files import publish_mode
+from workbench.files import atomic_write, publish_mode, write_text
 from workbench.progress import bar as progress_bar
 from workbench.toy import world
 
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
 MAX_LENGTH = world.MAX_WORDS + 2
-FACTOR = 4  # pixel-unshuffle factor: 3x32x32 image <-> 48x8x8 latent
+AUTOENCODER = PixelUnshuffle(4)  # 3x32x32 image <-> 48x8x8 latent, exact; export names it in workbench.json
+FACTOR = AUTOENCODER.factor
 GUIDANCE = 1.5
 SAMPLE_STEPS = 20
 NUM_TRAIN_TIMESTEPS = 1000
@@ -101,13 +105,12 @@ def build_sampling_scheduler() -> DDIMScheduler:
 
 def encode_images(images_uint8: np.ndarray) -> torch.Tensor:
     """uint8 (B,32,32,3) -> latent (B,48,8,8) in [-1,1]."""
-    x = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return F.pixel_unshuffle(x, FACTOR)
+    return AUTOENCODER.encode(torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float() / 127.5 - 1.0)
 
 
 def decode_latents(latents: torch.Tensor) -> torch.Tensor:
     """latent (B,48,8,8) -> image (B,3,32,32) in [0,1]."""
-    return ((F.pixel_shuffle(latents, FACTOR) + 1.0) / 2.0).clamp(0, 1)
+    return ((AUTOENCODER.decode(latents) + 1.0) / 2.0).clamp(0, 1)
 
 
 # ---------------------------------------------------------------- training pieces
@@ -301,32 +304,27 @@ def _load_named(unet: torch.nn.Module, te: torch.nn.Module, sd: dict[str, torch.
     te.load_state_dict({k[13:]: v for k, v in sd.items() if k.startswith("text_encoder.")})
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    atomic_write(path, lambda tmp: save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, tmp))
 
 
-def save_checkpoint(run_dir: Path, step: int, args: argparse.Namespace, models: tuple,
-                    ema_models: tuple, opt: torch.optim.Optimizer, losses: list[float],
-                    heads: torch.nn.Module | None = None, concept_heads: torch.nn.Module | None = None) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    extra = {} if heads is None else {f"knowledge_heads.{k}": v for k, v in heads.state_dict().items()}
-    if concept_heads is not None:
-        extra |= {f"concept_heads.{k}": v for k, v in concept_heads.state_dict().items()}
-    _atomic_save(_named_params(*models) | extra, run_dir / "model.safetensors")
-    _atomic_save(_named_params(*ema_models), run_dir / "ema.safetensors")
+def save_checkpoint(run_dir: Path, step: int, args: argparse.Namespace, models: tuple, ema_models: tuple,
+                    opt: torch.optim.Optimizer, losses: list[float], heads: torch.nn.Module,
+                    concept_heads: torch.nn.Module) -> None:
+    """Every file of the run folder is replaced atomically, state.json (the step a resume starts at) last."""
+    extra = {f"knowledge_heads.{k}": v for k, v in heads.state_dict().items()}
+    extra |= {f"concept_heads.{k}": v for k, v in concept_heads.state_dict().items()}
+    _save_tensors(_named_params(*models) | extra, run_dir / "model.safetensors")
+    _save_tensors(_named_params(*ema_models), run_dir / "ema.safetensors")
     # Optimizer state is our own file inside the run folder, so torch.save is acceptable here.
-    torch.save(opt.state_dict(), run_dir / "optimizer.pt.tmp")
-    os.replace(run_dir / "optimizer.pt.tmp", run_dir / "optimizer.pt")
+    atomic_write(run_dir / "optimizer.pt", lambda tmp: torch.save(opt.state_dict(), tmp))
     state = {"step": step, "steps": args.steps, "seed": args.seed, "batch": args.batch, "init": args.init,
              "lr": args.lr, "mix": scene_mix(args), "splice_rate": args.splice_rate,
              "fixed_entity_embeddings": args.fixed_entity_embeddings,
              "high_noise_share": args.high_noise_share, "concept_weight": args.concept_weight,
              "knowledge_weight": args.knowledge_weight, "text_at_8x8": args.text_at_8x8,
              "recent_loss": float(np.mean(losses[-100:])) if losses else None}
-    (run_dir / "state.tmp").write_text(json.dumps(state))
-    os.replace(run_dir / "state.tmp", run_dir / "state.json")
+    write_text(run_dir / "state.json", json.dumps(state), overwrite=True)
 
 
 EXPORTED = ("unet", "text_encoder", "tokenizer", "scheduler", "workbench.json")  # what export writes in a folder
@@ -343,7 +341,7 @@ def check_export_target(out: Path, overwrite: bool) -> None:
 
 
 def export(out: Path, tokenizer: PreTrainedTokenizerFast, unet: UNet2DConditionModel,
-           te: CLIPTextModel, guidance: float = GUIDANCE) -> None:
+           te: CLIPTextModel) -> None:
     """Write diffusers/transformers-format weights plus workbench.json.
 
     Written beside ``out`` first, then each file renamed into place: other files in ``out`` (the scorer, the
@@ -355,8 +353,8 @@ def export(out: Path, tokenizer: PreTrainedTokenizerFast, unet: UNet2DConditionM
         te.save_pretrained(tmp / "text_encoder", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "tokenizer")
         build_sampling_scheduler().save_pretrained(tmp / "scheduler")
-        meta = {"autoencoder": {"type": "pixel_unshuffle", "factor": FACTOR},
-                "image_size": world.IMAGE_SIZE, "guidance": guidance, "steps": SAMPLE_STEPS}
+        meta = {"autoencoder": AUTOENCODER.spec, "image_size": world.IMAGE_SIZE, "guidance": GUIDANCE,
+                "steps": SAMPLE_STEPS}
         (tmp / "workbench.json").write_text(json.dumps(meta, indent=2) + "\n")
         for f in sorted(tmp.rglob("*")):
             if f.is_file():
@@ -365,26 +363,6 @@ def export(out: Path, tokenizer: PreTrainedTokenizerFast, unet: UNet2DConditionM
                 os.replace(f, out / f.relative_to(tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-@torch.no_grad()
-def sample(unet: UNet2DConditionModel, te: CLIPTextModel, tokenizer: PreTrainedTokenizerFast,
-           prompts: list[str], seed: int = 0, guidance: float = GUIDANCE,
-           steps: int = SAMPLE_STEPS) -> torch.Tensor:
-    """Minimal CFG DDIM sampler for checks; returns images (B,3,32,32) in [0,1]."""
-    sched = build_sampling_scheduler()
-    sched.set_timesteps(steps)
-    n = len(prompts)
-    ids = tokenizer(prompts + [""] * n, padding="max_length", max_length=MAX_LENGTH, truncation=True,
-                    return_tensors="pt").input_ids
-    emb = te(ids).last_hidden_state
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((n, 3 * FACTOR**2, 8, 8), generator=gen)
-    for t in sched.timesteps:
-        v = unet(torch.cat([x, x]), t, encoder_hidden_states=emb).sample
-        cond, unc = v[:n], v[n:]
-        x = sched.step(unc + guidance * (cond - unc), t, x).prev_sample
-    return decode_latents(x)
 
 
 # ---------------------------------------------------------------- main loop
