@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,12 +178,12 @@ def worker(threads: int, dest: Path) -> None:
     tensors["images.tiny/x"] = timed("images.tiny", lambda: tiny.sample(PROMPTS, SEEDS, steps=TINY_STEPS))
     tensors["encode/x"] = timed("encode", lambda: wb.encode(PROMPTS))
 
+    quiet = tracing.TraceSettings(samples=2, progress=False)
     traces = {
-        "trace.text.proxy": lambda: tracing.trace_text_encoder(wb, TRACE_PROMPT, TRACE_SUBJECT, samples=2,
-                                                               progress=False),
-        "trace.text.text": lambda: tracing.trace_text_encoder(wb, TRACE_PROMPT, TRACE_SUBJECT, samples=2,
-                                                              metric="text", progress=False),
-        "trace.unet": lambda: tracing.trace_unet(wb, TRACE_PROMPT, TRACE_SUBJECT, samples=2, progress=False),
+        "trace.text.proxy": lambda: tracing.trace_text_encoder(wb, TRACE_PROMPT, TRACE_SUBJECT, settings=quiet),
+        "trace.text.text": lambda: tracing.trace_text_encoder(wb, TRACE_PROMPT, TRACE_SUBJECT,
+                                                              settings=replace(quiet, metric="text")),
+        "trace.unet": lambda: tracing.trace_unet(wb, TRACE_PROMPT, TRACE_SUBJECT, settings=quiet),
     }
     meta["picked"], meta["ranking"] = {}, {}
     for key, fn in traces.items():

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tracing import TraceResult, spearman, trace_text_encoder, trace_unet
+from tracing import TraceResult, TraceSettings, spearman, trace_text_encoder, trace_unet
 from tracing.plot import save_heatmap
 from workbench import Workbench
 from workbench.toy import world
@@ -82,10 +83,10 @@ def main() -> None:
         maps: dict[str, list[TraceResult]] = {k: [] for k in ("text-map", "unet-map", "text-proxy", "text-faithful",
                                                                "unet-proxy", "unet-faithful")}
         for n, (prompt, subject) in enumerate(pairs):
-            common = dict(samples=args.samples, progress=False)
+            common = TraceSettings(metric="proxy", samples=args.samples, progress=False)
             # full maps (proxy) for the family picture, padding positions included
-            maps["text-map"].append(trace_text_encoder(wb, prompt, subject, metric="proxy", tokens="all", **common))
-            maps["unet-map"].append(trace_unet(wb, prompt, subject, windows=4, metric="proxy", **common))
+            maps["text-map"].append(trace_text_encoder(wb, prompt, subject, tokens="all", settings=common))
+            maps["unet-map"].append(trace_unet(wb, prompt, subject, windows=4, settings=common))
             if n >= args.compare_prompts:
                 continue
             # proxy vs faithful on the same cells: every text state at the last subject token, and every UNet
@@ -96,15 +97,15 @@ def main() -> None:
             # are never corrupted in a causal encoder: exact zeros in both metrics would inflate the rank
             # correlation).
             cells = list(range(wb.subject_positions(prompt, subject)[0], wb.max_length))
-            fast = dict(samples=args.proxy_samples, progress=False)
-            slow = dict(samples=args.faithful_samples, progress=False, scorer=scorer)
-            slow_text = {**slow, "samples": args.faithful_text_samples}
-            maps["text-proxy"].append(trace_text_encoder(wb, prompt, subject, metric="proxy", tokens=cells, **fast))
-            maps["text-faithful"].append(trace_text_encoder(wb, prompt, subject, metric="faithful", tokens=cells,
-                                                            **slow_text))
-            maps["unet-proxy"].append(trace_unet(wb, prompt, subject, layers=unet_rows, metric="proxy", **fast))
-            maps["unet-faithful"].append(trace_unet(wb, prompt, subject, layers=unet_rows, metric="faithful",
-                                                    **slow))
+            fast = TraceSettings(metric="proxy", samples=args.proxy_samples, progress=False)
+            slow = TraceSettings(metric="faithful", samples=args.faithful_samples, progress=False)
+            slow_text = replace(slow, samples=args.faithful_text_samples)
+            maps["text-proxy"].append(trace_text_encoder(wb, prompt, subject, tokens=cells, settings=fast))
+            maps["text-faithful"].append(trace_text_encoder(wb, prompt, subject, tokens=cells, settings=slow_text,
+                                                            scorer=scorer))
+            maps["unet-proxy"].append(trace_unet(wb, prompt, subject, layers=unet_rows, settings=fast))
+            maps["unet-faithful"].append(trace_unet(wb, prompt, subject, layers=unet_rows, settings=slow,
+                                                    scorer=scorer))
         fam = {}
         for part in ("text", "unet"):
             avg = TraceResult.average(maps[f"{part}-map"])

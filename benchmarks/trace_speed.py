@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from tracing import trace_text_encoder
+from tracing import TraceSettings, trace_text_encoder
 from tracing.corrupt import embedding_std
 from tracing.metrics import restoration
 from workbench import Workbench
@@ -80,9 +80,10 @@ def main() -> None:
     wb = Workbench.random(args.arch, seed=0, vae=False)
     prompt, subject = "a photo of a cat by van gogh", "van gogh"
     std = embedding_std(wb)
-    trace_text_encoder(wb, prompt, subject, metric="text", samples=2, progress=False)  # warm-up
+    trace_text_encoder(wb, prompt, subject, settings=TraceSettings(metric="text", samples=2, progress=False))  # warm-up
     t = time.perf_counter()
-    batched = trace_text_encoder(wb, prompt, subject, metric="text", samples=args.samples, std=std, progress=False)
+    batched = trace_text_encoder(wb, prompt, subject,
+                                 settings=TraceSettings(metric="text", samples=args.samples, std=std, progress=False))
     t_batched = time.perf_counter() - t
     t = time.perf_counter()
     naive = naive_text_map(wb, prompt, subject, args.samples, std)
@@ -97,7 +98,8 @@ def main() -> None:
         sd = Workbench.random("sd15", seed=0, sample_size=8, vae=False)
         n = len(sd.tokens(PROMPT16)) - 2
         t = time.perf_counter()
-        result = trace_text_encoder(sd, PROMPT16, "van gogh", metric="text", samples=args.samples, progress=True)
+        result = trace_text_encoder(sd, PROMPT16, "van gogh",
+                                    settings=TraceSettings(metric="text", samples=args.samples))
         print(f"sd15-shaped text encoder, {n}-token prompt, full map {tuple(result.scores.shape)} × {args.samples} "
               f"samples: {time.perf_counter() - t:.1f} s")
 

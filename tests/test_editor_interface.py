@@ -132,3 +132,28 @@ def test_a_bad_value_names_the_option(capsys, tmp_path):
     assert main(["edit", "uce", "--model", "tiny", "--erase", "cat", "--preserve-prompts", str(tmp_path / "no.txt"),
                  "--out", str(tmp_path / "d.safetensors")]) == 2
     assert "--preserve-prompts: no file at" in capsys.readouterr().err
+
+
+def test_the_trace_command_reaches_every_trace_setting(monkeypatch, tmp_path):
+    import tracing
+    from workbench.app.cli import TRACE_SETTINGS
+
+    fields = {f.name for f in dataclasses.fields(tracing.TraceSettings)}
+    assert set(TRACE_SETTINGS) == fields - {"progress"}  # progress follows --quiet
+    seen = {}
+
+    def fake(wb, prompt, subject, *, settings=None, scorer=None, **part):
+        seen.update(settings=settings, part=part)
+        raise Captured(settings, None)
+
+    monkeypatch.setattr(tracing, "trace_text_encoder", fake)
+    with pytest.raises(Captured):
+        main(["trace", "--model", "tiny", "--debug", "--prompt", "a cat", "--subject", "cat", "--samples", "2",
+              "--noise", "2.5", "--std", "0.1", "--seed", "3", "--draws", "4", "--steps", "5", "--guidance", "2",
+              "--batch-size", "6", "--metric", "text", "--out", str(tmp_path / "t")])
+    assert seen["settings"] == tracing.TraceSettings(metric="text", samples=2, noise=2.5, std=0.1, seed=3, draws=4,
+                                                     steps=5, guidance=2.0, batch_size=6)
+    with pytest.raises(Captured):
+        main(["trace", "--model", "tiny", "--debug", "--prompt", "a cat", "--subject", "cat", "--out",
+              str(tmp_path / "u")])
+    assert seen["settings"] == tracing.TraceSettings()

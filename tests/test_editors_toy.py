@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from editors import QuickFixRequest, UCERequest, quickfix, uce
-from tracing import trace_text_encoder
+from tracing import TraceSettings, trace_text_encoder
 from workbench import Workbench
 from workbench.evaluate import evaluate, rates
 from workbench.toy import recipes, world
@@ -100,8 +100,8 @@ def test_quickfix_erases_an_artist_on_the_traced_layer_and_nothing_else(toy, sca
     # `eos=True`, and then captions of other artists as whole preserve prompts (without them every artist
     # fell to ~0 %). The alias "flettie" is not erased (its own token; the next test lists it as a source).
     trace = trace_text_encoder(toy, "a red circle by jonas flet", "jonas flet", kind="self_attn", tokens="all",
-                               samples=3, progress=False)
-    located = trace.pick_layers(1)
+                               settings=TraceSettings(samples=3, progress=False))
+    located = trace.pick_layers(1, kinds=quickfix.LAYER_KINDS)
     assert located == ["text.encoder.layers.0.self_attn"], trace.scores
     assert located == [recipes.QUICKFIX_LAYER]
     delta, edited = recipes.quickfix_erase_artist(toy, "jonas flet")

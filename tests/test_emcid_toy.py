@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from editors import EMCIDRequest, emcid
-from tracing import trace_text_encoder
+from tracing import TraceSettings, trace_text_encoder
 from workbench import Workbench
 from workbench.evaluate import rates
 from workbench.toy import world
@@ -24,7 +24,8 @@ LAYERS = ["text.encoder.layers.0", "text.encoder.layers.1"]
 
 
 def mlp_effects(wb: Workbench, entity: str) -> list[float]:
-    trace = trace_text_encoder(wb, f"a photo of {entity}", entity, kind="mlp", samples=8, progress=False)
+    trace = trace_text_encoder(wb, f"a photo of {entity}", entity, kind="mlp",
+                               settings=TraceSettings(samples=8, progress=False))
     return [trace.effect(f"text.encoder.layers.{i}.mlp") for i in range(4)]
 
 

@@ -3,10 +3,14 @@
 import pytest
 import torch
 
-from tracing import TraceResult, spearman, trace_text_encoder, trace_unet
+from tracing import TraceResult, TraceSettings, spearman, trace_text_encoder, trace_unet
 from workbench import Workbench
 
 PROMPT, SUBJECT = "a photo of van gogh by the river", "van gogh"
+
+
+def quiet(**kw) -> TraceSettings:
+    return TraceSettings(progress=False, **kw)
 
 
 def _plant_text(wb, keep: int):
@@ -29,7 +33,7 @@ def _plant_unet(wb, keep: str):
 def test_text_trace_finds_the_only_mixing_layer(seed, keep):
     wb = Workbench.random("tiny", seed=seed, vae=False)
     _plant_text(wb, keep)
-    result = trace_text_encoder(wb, PROMPT, SUBJECT, kind="self_attn", metric="text", samples=4, progress=False)
+    result = trace_text_encoder(wb, PROMPT, SUBJECT, kind="self_attn", settings=quiet(metric="text", samples=4))
     assert result.pick_layers(1) == [f"text.encoder.layers.{keep}.self_attn"]
     assert result.pick_layers(1, by="max") == [f"text.encoder.layers.{keep}.self_attn"]
     others = [i for i in range(len(result.rows)) if i != keep]
@@ -46,11 +50,11 @@ def test_text_trace_over_padding_positions(seed, keep):
     """tokens="all" restores padding states too (SD's UNet reads all of them); such traces rank by max."""
     wb = Workbench.random("tiny", seed=seed, vae=False)
     _plant_text(wb, keep)
-    result = trace_text_encoder(wb, PROMPT, SUBJECT, kind="self_attn", metric="text", samples=2, tokens="all",
-                                progress=False)
+    result = trace_text_encoder(wb, PROMPT, SUBJECT, kind="self_attn", tokens="all",
+                                settings=quiet(metric="text", samples=2))
     n_real = len(wb.tokens(PROMPT))
     assert len(result.cols) == wb.max_length and result.cols[n_real] == f"<pad>@{n_real}"
-    assert result.settings["rank_by"] == "max" and result.pick_layers(1) == [f"text.encoder.layers.{keep}.self_attn"]
+    assert result.rank_by == "max" and result.pick_layers(1) == [f"text.encoder.layers.{keep}.self_attn"]
     # the mixing layer carries the subject into the padding: restoring it there restores something
     assert result.scores[keep, n_real:].min() > 1e-5  # each is one of ~70 corrupted positions
     others = [i for i in range(len(result.rows)) if i != keep]
@@ -60,9 +64,9 @@ def test_text_trace_over_padding_positions(seed, keep):
     assert torch.allclose(grouped.scores[:, -1], result.scores[:, n_real:].mean(1))
     assert torch.allclose(grouped.scores[:, -2], result.scores[:, n_real - 1])  # "last token" is the end-of-text
     with pytest.raises(ValueError, match="tokens must be 'real', 'all'"):
-        trace_text_encoder(wb, PROMPT, SUBJECT, tokens="padding", progress=False)
+        trace_text_encoder(wb, PROMPT, SUBJECT, tokens="padding", settings=quiet())
     with pytest.raises(ValueError, match=r"position 99 is outside prompt .* 77 positions with padding"):
-        trace_text_encoder(wb, PROMPT, SUBJECT, tokens=[99], progress=False)
+        trace_text_encoder(wb, PROMPT, SUBJECT, tokens=[99], settings=quiet())
 
 
 @pytest.mark.parametrize("seed,which", [(0, 0), (1, 2), (2, 3), (4, 1)])
@@ -70,7 +74,7 @@ def test_unet_trace_finds_the_only_text_reading_layer(seed, which):
     wb = Workbench.random("tiny", seed=seed, vae=False)
     keep = wb.layers("attn2")[which]
     _plant_unet(wb, keep)
-    result = trace_unet(wb, PROMPT, SUBJECT, layers="attn2", windows=2, samples=3, steps=4, progress=False)
+    result = trace_unet(wb, PROMPT, SUBJECT, layers="attn2", windows=2, settings=quiet(samples=3, steps=4))
     assert result.pick_layers(1) == [keep]
     i = result.rows.index(keep)
     # restoring the only text path = clean (at one thread the scores come out 1e-4 short of 1)
@@ -88,8 +92,8 @@ def test_unet_faithful_trace_on_planted_layer():
     def closeness(images):  # a concept scorer: how close to the clean image
         return -(images - ref).flatten(1).norm(dim=1)
 
-    result = trace_unet(wb, PROMPT, SUBJECT, windows=1, metric="faithful", scorer=closeness, samples=2, steps=3,
-                        progress=False)
+    result = trace_unet(wb, PROMPT, SUBJECT, windows=1, scorer=closeness,
+                        settings=quiet(metric="faithful", samples=2, steps=3))
     assert result.pick_layers(1) == [keep]
     assert result.corrupted < result.clean
     assert result.scores[result.rows.index(keep), 0] > 0.99
@@ -97,12 +101,24 @@ def test_unet_faithful_trace_on_planted_layer():
 
 def test_trace_result_round_trip_and_average(tmp_path):
     wb = Workbench.random("tiny", seed=0, vae=False)
-    a = trace_text_encoder(wb, PROMPT, SUBJECT, metric="text", samples=2, progress=False)
-    b = trace_text_encoder(wb, "a cat by van gogh", SUBJECT, metric="text", samples=2, progress=False)
+    a = trace_text_encoder(wb, PROMPT, SUBJECT, settings=quiet(metric="text", samples=2))
+    b = trace_text_encoder(wb, "a cat by van gogh", SUBJECT, settings=quiet(metric="text", samples=2))
     a.save(tmp_path / "a")
     back = TraceResult.load(tmp_path / "a")
     assert torch.equal(back.scores, a.scores) and back.rows == a.rows and back.cols == a.cols
     assert back.subject_cols == a.subject_cols == [4, 5]
+    # typed provenance survives result.json: the settings with every default filled in, and the text part's
+    assert isinstance(back.settings, TraceSettings) and back.settings == a.settings
+    assert (a.settings.draws, a.settings.steps, a.settings.guidance) == (3, wb.defaults["steps"], 7.5)
+    assert a.settings.std is not None and back.metric == "text"
+    for name in ("row_kinds", "rank_by", "window", "positions", "real_tokens", "subject_positions", "rows_per_forward"):
+        assert getattr(back, name) == getattr(a, name), name
+    assert a.row_kinds == ["embeddings", "hidden", "hidden", "hidden"] and a.rank_by == "last_subject"
+    assert a.pick_layers(4, kinds=("hidden",)) == [r for r in a.pick_layers(4) if r != "text.embeddings"]
+    # the recorded settings repeat the trace exactly
+    again = trace_text_encoder(wb, back.prompt, back.subject, kind=back.kind, window=back.window,
+                               tokens=back.positions, settings=back.settings)
+    assert torch.equal(again.scores, a.scores)
     mean = TraceResult.average([a, b])
     assert mean.cols[2] == "last subject" and mean.scores.shape == (len(a.rows), 6)
     assert torch.allclose(mean.scores[:, 2], (a.scores[:, 5] + b.scores[:, 5]) / 2)
@@ -111,15 +127,17 @@ def test_trace_result_round_trip_and_average(tmp_path):
 def test_trace_errors():
     wb = Workbench.random("tiny", seed=0, vae=False)
     with pytest.raises(ValueError, match="subject 'monet' not found"):
-        trace_text_encoder(wb, PROMPT, "monet", progress=False)
+        trace_text_encoder(wb, PROMPT, "monet", settings=quiet())
     with pytest.raises(ValueError, match="empty prompt"):
-        trace_unet(wb, "", "x", progress=False)
+        trace_unet(wb, "", "x", settings=quiet())
     with pytest.raises(KeyError, match="no layer named 'unet.nope'"):
-        trace_unet(wb, PROMPT, SUBJECT, layers=["unet.nope"], progress=False)
+        trace_unet(wb, PROMPT, SUBJECT, layers=["unet.nope"], settings=quiet())
     with pytest.raises(ValueError, match="needs scorer="):
-        trace_text_encoder(wb, PROMPT, SUBJECT, metric="faithful", progress=False)
+        trace_text_encoder(wb, PROMPT, SUBJECT, settings=quiet(metric="faithful"))
+    with pytest.raises(ValueError, match="metric 'text' is for text-encoder traces"):
+        trace_unet(wb, PROMPT, SUBJECT, settings=quiet(metric="text"))
     with pytest.raises(ValueError, match="unknown text-encoder kind 'attn2'"):
-        trace_text_encoder(wb, PROMPT, SUBJECT, kind="attn2", progress=False)
+        trace_text_encoder(wb, PROMPT, SUBJECT, kind="attn2", settings=quiet())
 
 
 def test_spearman():
@@ -165,7 +183,7 @@ def test_text_dedupe_changes_no_number(metric, monkeypatch):
 
     wb = Workbench.random("tiny", seed=0, vae=False)
     ref = wb.sample(PROMPT, seed=0, steps=2)
-    kw = dict(metric=metric, samples=2, steps=2, tokens=list(range(7)), progress=False)
+    kw = dict(tokens=list(range(7)), settings=quiet(metric=metric, samples=2, steps=2))
     if metric == "faithful":
         kw["scorer"] = lambda images: -(images - ref).flatten(1).norm(dim=1)
     deduped = trace_text_encoder(wb, PROMPT, SUBJECT, **kw)
@@ -173,10 +191,10 @@ def test_text_dedupe_changes_no_number(metric, monkeypatch):
     plain = trace_text_encoder(wb, PROMPT, SUBJECT, **kw)
     assert torch.equal(deduped.scores, plain.scores) and torch.equal(deduped.spread, plain.spread)
     assert deduped.clean == plain.clean and deduped.corrupted == plain.corrupted
-    done = deduped.settings["rows_per_forward"]
+    done = deduped.rows_per_forward
     key = "unet_rows" if metric == "proxy" else "generations"
     # the 4 positions before the subject, in every row, equal the corrupted run (causal encoder)
-    assert done[key] < done[f"{key}_without_dedupe"] == plain.settings["rows_per_forward"][key]
+    assert done[key] < done[f"{key}_without_dedupe"] == plain.rows_per_forward[key]
     assert done[f"{key}_without_dedupe"] - done[key] >= 4 * len(deduped.rows) * 2 * (3 if metric == "proxy" else 1)
     # restoring before the subject restores nothing: exactly for the proxy (the same UNet output as the
     # corrupted run); faithful compares with the mean corrupted score, a rounding away

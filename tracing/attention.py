@@ -17,7 +17,16 @@ from workbench import Workbench
 
 
 class _RecordingProcessor:
-    """Eager cross-attention that adds the conditional rows' probabilities into ``store[name]``."""
+    """Eager cross-attention that adds the conditional rows' probabilities into ``store[name]``.
+
+    Adapted from diffusers' ``AttnProcessor`` (``diffusers.models.attention_processor``), the eager
+    default: same projections, ``get_attention_scores``, output projection, residual and rescale. We need
+    our own because neither it nor the fused ``AttnProcessor2_0`` hands the probabilities out. What differs:
+    the probabilities of the last ``n_cond`` batch rows (the conditional half under guidance) are recorded;
+    and it keeps only the path an ``attn2`` of a ``UNet2DConditionModel`` transformer block takes (3-D hidden
+    states, no ``spatial_norm``/``group_norm``), with ``attention_mask`` passed to ``get_attention_scores``
+    without ``prepare_attention_mask`` (that block passes ``encoder_attention_mask``, which the workbench
+    never sets)."""
 
     def __init__(self, store: dict[str, torch.Tensor], name: str, n_cond: int):
         self.store, self.name, self.n_cond = store, name, n_cond

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workbench.checks import finite, is_whole, shown, whole
+from workbench.checks import finite, is_whole, shown, whole  # noqa: F401 (whole: re-exported for the trace modules)
 
 
 def integer(name: str, value: Any) -> int:
@@ -31,22 +31,3 @@ def text(name: str, value: Any) -> str:
     if not value.strip():
         raise ValueError(f"empty {name}: nothing to trace" if name == "prompt" else f"{name} must not be empty")
     return value
-
-
-def common(*, prompt: Any, subject: Any, samples: Any, noise: Any, std: Any, seed: Any, draws: Any, steps: Any,
-           guidance: Any, batch_size: Any) -> None:
-    """The checks every trace shares."""
-    text("prompt", prompt)
-    text("subject", subject)
-    whole("samples", samples)
-    positive("noise", noise)
-    if std is not None:
-        positive("std", std, when_given=True)
-    integer("seed", seed)
-    whole("draws", draws)
-    if steps is not None:
-        whole("steps", steps)
-    if guidance is not None:
-        finite("guidance", guidance)
-    if batch_size is not None:
-        whole("batch_size", batch_size)

@@ -19,12 +19,13 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]
 METRICS = ("proxy", "text", "faithful")
 
 
-def check_metric(metric: str, scorer: Scorer | None) -> None:
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+def check_scorer(metric: str, scorer: Scorer | None) -> None:
+    """The faithful metric needs a callable scorer (the metric's name is checked by TraceSettings)."""
     if metric == "faithful" and scorer is None:
         raise ValueError("the faithful metric needs scorer=<callable images -> concept score>, e.g. "
                          "workbench.toy.concept_scorer(...) or a local CLIP model")
+    if scorer is not None and not callable(scorer):
+        raise ValueError(f"scorer must be a callable images -> scores, got {type(scorer).__name__}")
 
 
 def restoration(restored: torch.Tensor, clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Causal tracing in the UNet: corrupt the subject in the text, restore one UNet layer's output from the
 clean run (at every denoising step, or in a window of steps), measure what comes back.
 
-Batches are sized by :mod:`workbench.memory` unless ``batch_size`` is given; a faithful trace keeps the
+Batches are sized by :mod:`workbench.memory` unless ``settings.batch_size`` is given; a faithful trace keeps the
 clean generation's layer outputs for a group of noise samples at a time, so its memory stays bounded.
 """
 
@@ -16,11 +16,11 @@ from workbench import Patch, Workbench
 from workbench.progress import bar
 
 from . import checks
-from .corrupt import corruption, embedding_std
+from .corrupt import corruption
 from .metrics import (
     Scorer,
     batch_rows,
-    check_metric,
+    check_scorer,
     chunks,
     noised_latents,
     normalized_effect,
@@ -28,6 +28,7 @@ from .metrics import (
     spread_timesteps,
 )
 from .result import TraceResult
+from .settings import TraceSettings, resolve
 
 
 def unet_layers(wb: Workbench, layers: str | Sequence[str]) -> tuple[list[str], str]:
@@ -56,62 +57,58 @@ def step_windows(steps: int, windows: int) -> list[list[int]]:
     return [list(range(bounds[w], bounds[w + 1])) for w in range(windows)]
 
 
-def trace_unet(wb: Workbench, prompt: str, subject: str, *, layers: str | Sequence[str] = "attn2",
-               windows: int = 1, metric: str = "proxy", scorer: Scorer | None = None, samples: int = 10,
-               noise: float = 3.0, std: float | None = None, seed: int = 0, draws: int = 2,
-               steps: int | None = None, guidance: float | None = None, batch_size: int | None = None,
-               progress: bool = True) -> TraceResult:
+def trace_unet(wb: Workbench, prompt: str, subject: str, *, layers: str | Sequence[str] = "attn2", windows: int = 1,
+               settings: TraceSettings | None = None, scorer: Scorer | None = None) -> TraceResult:
     """Restore effect of each UNet layer (rows) in each window of denoising steps (columns).
 
-    proxy: ``draws`` (noise, timestep) pairs per window, timesteps inside the window's range; the restored
-    layer output is the clean run's on the same x_t. faithful: a corrupted generation per noise sample,
-    with the layer's output copied from the clean generation (same seed) at every step of the window.
-    ``batch_size``: UNet rows per forward (prompts per generation for faithful); ``None`` sizes each loop by
-    the memory available (:func:`workbench.memory.rows_per_batch`). ``progress=False`` silences every bar.
+    ``layers``: a kind (``attn2``, ``resnet``, ``ff``, ``block``, ...), a glob or a list of names.
+    proxy: ``settings.draws`` (noise, timestep) pairs per window, timesteps inside the window's range; the
+    restored layer output is the clean run's on the same x_t. faithful: a corrupted generation per noise
+    sample, with the layer's output copied from the clean generation (same seed) at every step of the window.
+    ``settings.batch_size`` counts UNet rows per forward (prompts per generation for faithful).
     """
-    checks.common(prompt=prompt, subject=subject, samples=samples, noise=noise, std=std, seed=seed, draws=draws,
-                  steps=steps, guidance=guidance, batch_size=batch_size)
-    steps = checks.whole("steps", steps if steps is not None else int(wb.defaults["steps"]))
-    checks.whole("windows", windows, 1, steps, what=f"steps ({steps})")
-    check_metric(metric, scorer)
-    if metric == "text":
-        raise ValueError("metric 'text' is for text-encoder traces; use 'proxy' or 'faithful'")
     t0 = time.perf_counter()
+    checks.text("prompt", prompt)
+    checks.text("subject", subject)
+    s = resolve(settings, wb, "unet")
+    checks.whole("windows", windows, 1, s.steps, what=f"steps ({s.steps})")
+    check_scorer(s.metric, scorer)
+    if s.metric == "text":
+        raise ValueError("metric 'text' is for text-encoder traces; use 'proxy' or 'faithful'")
     names, kind = unet_layers(wb, layers)
     pos = wb.subject_positions(prompt, subject)
     ids = wb.token_ids([prompt])
-    std = embedding_std(wb) if std is None else float(std)
     clean_ctx, _ = wb.run_text(ids)
-    corrupt_ctx, _ = wb.run_text(ids.expand(samples, -1), patches=[
-        corruption(wb, pos, range(samples), k=noise, std=std, seed=seed)])
-    run = _proxy if metric == "proxy" else _faithful
+    corrupt_ctx, _ = wb.run_text(ids.expand(s.samples, -1), patches=[
+        corruption(wb, pos, range(s.samples), k=s.noise, std=s.std, seed=s.seed)])
+    run = _proxy if s.metric == "proxy" else _faithful
     batches: dict[str, int] = {}
-    per, clean_value, corrupted_value, cols = run(wb, prompt, names, clean_ctx, corrupt_ctx, windows, draws, seed,
-                                                  steps, guidance, scorer, batch_size, progress, batches)
-    scores = per.flatten(2).mean(2)
-    spread = per.flatten(2).std(2) if per.flatten(2).shape[2] > 1 else None
+    per, clean_value, corrupted_value, cols = run(wb, prompt, names, clean_ctx, corrupt_ctx, windows, s, scorer,
+                                                  batches)
+    per = per.flatten(2)
     return TraceResult(
-        scores=scores, spread=spread, rows=names, cols=cols, part="unet", kind=kind, metric=metric, prompt=prompt,
-        subject=subject, clean=clean_value, corrupted=corrupted_value,
-        settings={"windows": windows, "samples": samples, "noise": noise, "std": std, "seed": seed, "draws": draws,
-                  "steps": steps, "guidance": guidance, "subject_positions": pos, "rows_per_forward": batches},
-        model=wb.name, model_fingerprint=wb.fingerprint(), seconds=time.perf_counter() - t0)
+        scores=per.mean(2), spread=per.std(2) if per.shape[2] > 1 else None, rows=names,
+        row_kinds=[wb.layer(n).kind for n in names], cols=cols, part="unet", kind=kind, prompt=prompt,
+        subject=subject, clean=clean_value, corrupted=corrupted_value, settings=s, subject_positions=pos,
+        rows_per_forward=batches, model=wb.name, model_fingerprint=wb.fingerprint(),
+        seconds=time.perf_counter() - t0)
 
 
-def _proxy(wb, prompt, names, clean_ctx, corrupt_ctx, windows, draws, seed, steps, guidance, scorer, batch_size,
-           progress, batches):
+def _proxy(wb: Workbench, prompt: str, names: list[str], clean_ctx: torch.Tensor, corrupt_ctx: torch.Tensor,
+           windows: int, s: TraceSettings, scorer: Scorer | None,
+           batches: dict[str, int]) -> tuple[torch.Tensor, float, float, list[str]]:
     """per[layer, window, draw, sample] noise-prediction restoration."""
     from workbench.memory import layer_bytes
 
-    samples = corrupt_ctx.shape[0]
+    samples, draws = corrupt_ctx.shape[0], s.draws
     ts = spread_timesteps(wb, windows, draws)
     flat_t = [t for w in ts for t in w]
     d_total = len(flat_t)
-    x_t, t = noised_latents(wb, prompt, [seed + 100 + d for d in range(d_total)], flat_t, steps=steps,
-                            guidance=guidance, batch_size=batch_size, progress=progress)
+    x_t, t = noised_latents(wb, prompt, [s.seed + 100 + d for d in range(d_total)], flat_t, steps=s.steps,
+                            guidance=s.guidance, batch_size=s.batch_size, progress=s.progress)
     sizes = layer_bytes(wb, names)
     # the clean run on each x_t, keeping every traced layer's output
-    per_clean = batch_rows(wb, "unet", batch_size, extra_per_row=sum(sizes.values()))
+    per_clean = batch_rows(wb, "unet", s.batch_size, extra_per_row=sum(sizes.values()))
     e_clean, reads = [], {name: [] for name in names}
     for chunk in chunks(d_total, per_clean):
         e, saved = wb.run_unet(x_t[chunk.start:chunk.stop], t[chunk.start:chunk.stop],
@@ -127,20 +124,20 @@ def _proxy(wb, prompt, names, clean_ctx, corrupt_ctx, windows, draws, seed, step
     per_cond = d_total * samples
     n_rows = len(conds) * per_cond
     # a patched row holds a copy of its layer's clean output
-    per_unet = batch_rows(wb, "unet", batch_size, extra_per_row=max(sizes.values()))
+    per_unet = batch_rows(wb, "unet", s.batch_size, extra_per_row=max(sizes.values()))
     batches.update(unet=per_unet, unet_rows=n_rows)
     outs = []
-    with bar(desc="trace unet: proxy UNet", total=n_rows, unit="row", progress=progress) as pbar:
+    with bar(desc="trace unet: proxy UNet", total=n_rows, unit="row", progress=s.progress) as pbar:
         for chunk in chunks(n_rows, per_unet):
             r = torch.arange(chunk.start, chunk.stop)
             c, q = r // per_cond, r % per_cond
-            d, s = q // samples, q % samples
+            d, n = q // samples, q % samples
             patches = []
             for ci in torch.unique(c).tolist():
                 if conds[ci] is not None:
                     j = (c == ci).nonzero().flatten()
                     patches.append(Patch(conds[ci], reads[conds[ci]][d[j]], rows=j.tolist()))
-            e, _ = wb.run_unet(x_t[d], t[d], corrupt_ctx[s], patches=patches)
+            e, _ = wb.run_unet(x_t[d], t[d], corrupt_ctx[n], patches=patches)
             outs.append(e)
             pbar.update(len(chunk))
     outs = torch.cat(outs).view(len(conds), per_cond, *e_clean.shape[1:])
@@ -151,8 +148,9 @@ def _proxy(wb, prompt, names, clean_ctx, corrupt_ctx, windows, draws, seed, step
     return per[1:], 1.0, 0.0, cols
 
 
-def _faithful(wb, prompt, names, clean_ctx, corrupt_ctx, windows, draws, seed, steps, guidance, scorer, batch_size,
-              progress, batches):
+def _faithful(wb: Workbench, prompt: str, names: list[str], clean_ctx: torch.Tensor, corrupt_ctx: torch.Tensor,
+              windows: int, s: TraceSettings, scorer: Scorer | None,
+              batches: dict[str, int]) -> tuple[torch.Tensor, float, float, list[str]]:
     """per[layer, window, sample] normalised concept-score restoration.
 
     Noise samples are taken in groups: the clean generation of a group (with every traced layer's output at
@@ -162,38 +160,38 @@ def _faithful(wb, prompt, names, clean_ctx, corrupt_ctx, windows, draws, seed, s
     from .text import _scores
 
     samples = corrupt_ctx.shape[0]
-    seeds = [seed + s for s in range(samples)]
-    wins = step_windows(steps, windows)
+    seeds = [s.seed + i for i in range(samples)]
+    gen_settings = dict(steps=s.steps, guidance=s.guidance, progress=s.progress)
+    wins = step_windows(s.steps, windows)
     conds = [None] + [(name, w) for name in names for w in range(windows)]
-    per_sample = steps * sum(layer_bytes(wb, names).values())  # the clean reads one sample holds
-    group = samples if batch_size is not None else max(1, min(samples, budget_bytes(wb) // 2 // per_sample))
+    per_sample = s.steps * sum(layer_bytes(wb, names).values())  # the clean reads one sample holds
+    group = samples if s.batch_size is not None else max(1, min(samples, budget_bytes(wb) // 2 // per_sample))
     clean_scores = torch.empty(samples)
     scores = torch.empty(len(conds), samples)
     total = len(conds) * samples
-    with bar(desc="trace unet: faithful generations", total=total, unit="image", progress=progress) as pbar:
+    with bar(desc="trace unet: faithful generations", total=total, unit="image", progress=s.progress) as pbar:
         for s0 in range(0, samples, group):
             gs = min(group, samples - s0)
-            clean = wb.generate([prompt] * gs, seeds[s0:s0 + gs], steps=steps, guidance=guidance,
-                                context=clean_ctx.expand(gs, -1, -1), read=names, progress=progress)
+            clean = wb.generate([prompt] * gs, seeds[s0:s0 + gs], context=clean_ctx.expand(gs, -1, -1), read=names,
+                                **gen_settings)
             clean_scores[s0:s0 + gs] = _scores(scorer, clean.images, gs)
-            per_gen = batch_rows(wb, "generate", batch_size)
+            per_gen = batch_rows(wb, "generate", s.batch_size)
             batches.update(generate=per_gen, samples_per_group=gs if s0 == 0 else batches["samples_per_group"])
             # row r of this group: condition r // gs, noise sample s0 + r % gs
             for chunk in chunks(len(conds) * gs, per_gen):
                 r = torch.arange(chunk.start, chunk.stop)
-                c, s = r // gs, r % gs
+                c, n = r // gs, r % gs
                 patches = []
                 for ci in torch.unique(c).tolist():
                     if conds[ci] is not None:
                         name, w = conds[ci]
                         j = (c == ci).nonzero().flatten()
-                        lo, hi = int(s[j[0]]), int(s[j[-1]]) + 1  # a condition's rows are consecutive samples
+                        lo, hi = int(n[j[0]]), int(n[j[-1]]) + 1  # a condition's rows are consecutive samples
                         value = {st: clean.reads[name][st][lo:hi] for st in wins[w]}
                         patches.append(Patch(name, value, rows=j.tolist(), steps=wins[w]))
-                gen = wb.generate([prompt] * len(chunk), [seeds[s0 + int(i)] for i in s], steps=steps,
-                                  guidance=guidance, context=corrupt_ctx[s0 + s], patches=patches, progress=progress)
-                got = _scores(scorer, gen.images, len(chunk))
-                scores[c, s0 + s] = got
+                gen = wb.generate([prompt] * len(chunk), [seeds[s0 + int(i)] for i in n],
+                                  context=corrupt_ctx[s0 + n], patches=patches, **gen_settings)
+                scores[c, s0 + n] = _scores(scorer, gen.images, len(chunk))
                 pbar.update(len(chunk))
             del clean
     clean_value, corrupted_value = float(clean_scores.mean()), float(scores[0].mean())

@@ -11,6 +11,8 @@ import typing
 from ..checks import arg_float as _float
 from ..checks import arg_int as _int
 
+# TraceSettings fields the trace command takes (progress follows --quiet)
+TRACE_SETTINGS = ("metric", "samples", "noise", "std", "seed", "draws", "steps", "guidance", "batch_size")
 MODEL_HELP = ("toy, toy-entities (the toy worlds), tiny, sd15, sd21 (random weights) or a local diffusers folder / "
               ".safetensors file")
 
@@ -76,25 +78,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from tracing import trace_text_encoder, trace_unet
+    from tracing import TraceSettings, trace_text_encoder, trace_unet
 
     wb = _load(args)
     _output_dir(args, wb, args.out)
     scorer = None
-    if args.metric == "faithful":
+    if args.metric == "faithful":  # args.metric is None when not given: the proxy
         if wb.world is None:
             raise ValueError(f"--metric faithful needs a concept scorer; {wb.name!r} has none (the toy worlds have "
                              "one; use the Python API with any callable images -> score for other models)")
         scorer = wb.world.concept_scorer(args.subject)
-    common = dict(metric=args.metric, scorer=scorer, samples=args.samples, noise=args.noise, seed=args.seed,
-                  steps=args.steps, batch_size=args.batch_size)
+    given = {name: getattr(args, name) for name in TRACE_SETTINGS if getattr(args, name, None) is not None}
+    settings = TraceSettings(**given)  # every default lives in TraceSettings
     if args.part == "text":
         result = trace_text_encoder(wb, args.prompt, args.subject, kind=args.kind, window=args.window,
-                                    tokens=args.tokens, **common)
+                                    tokens=args.tokens, settings=settings, scorer=scorer)
     else:
-        result = trace_unet(wb, args.prompt, args.subject, layers=args.layers, windows=args.windows, **common)
+        result = trace_unet(wb, args.prompt, args.subject, layers=args.layers, windows=args.windows,
+                            settings=settings, scorer=scorer)
     if args.rank_by:  # recorded, so that `workbench edit --trace` picks the same layers
-        result.settings["rank_by"] = args.rank_by
+        result.rank_by = args.rank_by
     out = result.save(args.out, overwrite=args.overwrite, heatmap=True)
     print(f"{result.part} trace of {args.subject!r} in {args.prompt!r} ({result.metric}, {result.seconds:.1f} s)")
     print(f"clean {result.clean:.3f}, corrupted {result.corrupted:.3f}; picked layers:")
@@ -326,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--subject", required=True, help="the words of the prompt to corrupt")
     p.add_argument("--part", choices=["text", "unet"], default="text")
-    p.add_argument("--metric", choices=["proxy", "text", "faithful"], default="proxy")
+    p.add_argument("--metric", choices=["proxy", "text", "faithful"], help="default proxy")
     p.add_argument("--kind", default="hidden", help="text part: hidden, self_attn or mlp")
     p.add_argument("--window", type=_int(1), default=1, help="text part: layers restored together (self_attn/mlp)")
     p.add_argument("--tokens", choices=["real", "all"], default="real",
@@ -336,10 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "for unet)")
     p.add_argument("--layers", default="attn2", help="unet part: a kind (attn2, resnet, ff, block, ...) or glob")
     p.add_argument("--windows", type=_int(1), default=1, help="unet part: number of denoising-step windows")
-    p.add_argument("--samples", type=_int(1), default=10, help="noise samples")
-    p.add_argument("--noise", type=_float(above=0), default=3.0, help="noise scale, × embedding std")
-    p.add_argument("--seed", type=_int(0), default=0)
-    p.add_argument("--steps", type=_int(1))
+    p.add_argument("--samples", type=_int(1), help="noise samples of the corruption (default 10)")
+    p.add_argument("--noise", type=_float(above=0), help="noise scale, × --std (default 3)")
+    p.add_argument("--std", type=_float(above=0), help="the embeddings' std (default: measured on the model)")
+    p.add_argument("--seed", type=_int(0))
+    p.add_argument("--draws", type=_int(1), help="proxy metric: (noise, timestep) draws (per step window; "
+                   "default 3 for text, 2 for unet)")
+    p.add_argument("--steps", type=_int(1), help="denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=_float(), help="classifier-free guidance (default: the model's)")
     p.add_argument("--top", type=_int(1), default=3, help="how many picked layers to print")
     p.add_argument("--out", default="out/trace")
     p.set_defaults(func=cmd_trace)

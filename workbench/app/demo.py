@@ -45,8 +45,8 @@ def run_demo(out: str | Path = "out/demo", *, model: str = "toy", subject: str =
 
 def _run(out: Path, model: str, subject: str, prompt: str | None, trace_samples: int, eval_samples: int,
          attack: bool, progress: bool) -> None:
-    from editors import UCERequest, uce
-    from tracing import trace_text_encoder, trace_unet
+    from editors import UCERequest, quickfix, uce
+    from tracing import TraceSettings, trace_text_encoder, trace_unet
     from tracing.plot import save_heatmap
 
     from ..evaluate import evaluate
@@ -68,11 +68,11 @@ def _run(out: Path, model: str, subject: str, prompt: str | None, trace_samples:
     _step(2, n, "text-encoder trace (self-attention outputs at every position the UNet reads, proxy)")
     # Padding positions included: the toy encoder moves artists into its padding states, so a trace of the
     # real tokens alone finds nothing (SD's UNet reads the padding states too).
-    text = trace_text_encoder(wb, prompt, subject, kind="self_attn", tokens="all", samples=trace_samples,
-                              progress=progress)
+    settings = TraceSettings(samples=trace_samples, progress=progress)
+    text = trace_text_encoder(wb, prompt, subject, kind="self_attn", tokens="all", settings=settings)
     text.save(out / "trace_text")
     save_heatmap(text, out / "trace_text.png")
-    text_layer = text.pick_layers(1)[0]
+    text_layer = text.pick_layers(1, kinds=quickfix.LAYER_KINDS)[0]
     if text.effect(text_layer) < MIN_EFFECT:
         # No state restores the concept: fall back to Diff-QuickFix's own default, layer 0, and say so.
         print(f"the text trace found no causal state (best {text.effect(text_layer):.3f} < {MIN_EFFECT}); "
@@ -82,10 +82,10 @@ def _run(out: Path, model: str, subject: str, prompt: str | None, trace_samples:
         fallback_layer = None
 
     _step(3, n, "UNet trace (cross-attention layers × 4 step windows, proxy)")
-    unet = trace_unet(wb, prompt, subject, layers="attn2", windows=4, samples=trace_samples, progress=progress)
+    unet = trace_unet(wb, prompt, subject, layers="attn2", windows=4, settings=settings)
     unet.save(out / "trace_unet")
     save_heatmap(unet, out / "trace_unet.png")
-    unet_layers = unet.pick_layers(2)
+    unet_layers = unet.pick_layers(2, kinds=uce.LAYER_KINDS)
 
     _step(4, n, f"UCE on {unet_layers}; Diff-QuickFix on {text_layer}")
     # The toy encoder carries artists in its padding positions, which both edits touch: captions of the
