@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from workbench import WeightDelta, Workbench
+from workbench import Patch, WeightDelta, Workbench
 from workbench.layers import edit_targets
 from workbench.progress import bar as progress_bar
 
@@ -291,9 +291,7 @@ def _gather(wb: Workbench, prompts: list[str], positions: torch.Tensor, reads: l
     out: dict[str, list[torch.Tensor]] = {r: [] for r in reads}
     for i in range(0, len(prompts), batch_size):
         pos = positions[i:i + batch_size]
-        # CLIP's text encoder is causal: states up to a token never see the tokens after it, so the
-        # sequence can stop at the last position read (SD pads every prompt to 77 tokens).
-        ids = wb.token_ids(prompts[i:i + batch_size])[:, :int(pos.max()) + 1]
+        ids = wb.token_ids(prompts[i:i + batch_size], length=int(pos.max()) + 1)  # up to the last one read
         _, saved = wb.run_text(ids, read=reads)
         rows = torch.arange(len(pos))
         for r in reads:
@@ -380,9 +378,8 @@ def caption_covariance(wb: Workbench, layers: Sequence[str] | None, captions: Se
     chunks = range(0, len(captions), batch_size)
     for i in progress_bar(chunks, desc="emcid covariance", progress=progress):
         chunk = list(captions[i:i + batch_size])
-        lengths = torch.tensor([len(wb.tokenizer(c).input_ids) for c in chunk], device=wb.device)
-        # causal encoder: cutting the padding after the longest caption changes no real token's state
-        _, saved = wb.run_text(wb.token_ids(chunk)[:, :int(lengths.max())], read=reads)
+        lengths = torch.tensor([wb.token_count(c) for c in chunk], device=wb.device)
+        _, saved = wb.run_text(wb.token_ids(chunk, length=int(lengths.max())), read=reads)  # real tokens only
         mask = torch.arange(saved[reads[0]].shape[1], device=wb.device)[None, :] < lengths[:, None]
         count += int(mask.sum())
         for name, read in zip(names, reads, strict=True):
@@ -442,22 +439,13 @@ def _optimise(wb: Workbench, req: EMCIDRequest, plan: _Plan, rows: torch.Tensor,
     z0_norm = z0.norm(dim=1)
     local_dev = local.to(dev)
 
-    def add_delta(_module, _args, out):
-        h = out[0] if isinstance(out, tuple) else out
-        h = h.index_put((ar, src_last), delta[local_dev], accumulate=True)
-        return (h, *out[1:]) if isinstance(out, tuple) else h
-
-    module = wb.module(block)
+    # δ is added to the block's output at each row's last subject token; its gradient flows through the
+    # remaining text-encoder layers and the UNet (run_text(grad=True); the weights stay frozen).
+    add_delta = Patch(block, lambda h: h.index_put((ar, src_last), delta[local_dev], accumulate=True))
     losses = []
-    # Plain torch with a forward hook, not nnsight: the wrapper traces under no_grad, and δ's gradient
-    # has to flow through the remaining text-encoder layers and the UNet.
     with torch.enable_grad():
         for step in range(req.steps + 1):  # the last pass only measures the final δ's loss
-            handle = module.register_forward_hook(add_delta)
-            try:
-                states = wb.text_encoder(src_ids).last_hidden_state
-            finally:
-                handle.remove()
+            states, _ = wb.run_text(src_ids, patches=[add_delta], grad=True)
             pred = wb.unet(x_t, t, encoder_hidden_states=states.repeat_interleave(s, 0)).sample
             distill = _concept_mean((pred - target).pow(2).flatten(1).mean(1), local.repeat_interleave(s), k)
             # the pooled (end-of-text) state only, as the reference: the destination's last token is no

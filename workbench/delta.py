@@ -247,23 +247,20 @@ class WeightDelta:
                         params[name].data.copy_(originals[name])
                     except Exception:  # noqa: BLE001 - reported below
                         unrestored.append(name)
-            wb._fingerprint = None
+            wb.weights_changed()
             if unrestored:
                 raise RuntimeError(f"applying the delta failed ({err}) and restoring {_listing(unrestored)} "
                                    f"failed too: the model's weights are inconsistent, reload the model") from err
             raise
-        wb.applied.append((self, originals))
-        wb._fingerprint = None
+        wb.record_applied(self, originals)
 
     def revert(self, wb: Workbench) -> None:
         """Restore the originals bit-exactly. Only the most recently applied delta can be reverted."""
-        if not wb.applied or wb.applied[-1][0] is not self:
-            raise ValueError("this delta is not the last one applied to the model; revert later ones first")
-        _, originals = wb.applied.pop()
+        originals = wb.take_applied(self)
         with torch.no_grad():
             for name, value in originals.items():
                 wb.parameter(name).data.copy_(value)
-        wb._fingerprint = None
+        wb.weights_changed()
 
     @contextmanager
     def applied(self, wb: Workbench) -> Iterator[Workbench]:

@@ -151,9 +151,31 @@ class Workbench:
         self._nn = {part: NNsight(module) for part, module in self.parts.items()}
         self._table: list[Layer] | None = None
         self._fingerprint: str | None = None
-        self.applied: list = []  # WeightDeltas applied, in order (see delta.py)
+        self._applied: list[tuple[Any, dict[str, torch.Tensor]]] = []  # (WeightDelta, originals), in order
         for module in self.parts.values():
             module.requires_grad_(False)
+
+    # ------------------------------------------------------------------ applied deltas
+    @property
+    def applied(self) -> tuple:
+        """The WeightDeltas applied to the weights now, oldest first."""
+        return tuple(delta for delta, _ in self._applied)
+
+    def record_applied(self, delta, originals: Mapping[str, torch.Tensor]) -> None:
+        """Note that ``delta`` was just written into the weights, replacing ``originals`` (what a revert
+        restores); the fingerprint is recomputed on next use."""
+        self._applied.append((delta, dict(originals)))
+        self.weights_changed()
+
+    def take_applied(self, delta) -> dict[str, torch.Tensor]:
+        """The originals ``delta`` replaced, taken off the stack: only the most recent delta can go."""
+        if not self._applied or self._applied[-1][0] is not delta:
+            raise ValueError("this delta is not the last one applied to the model; revert later ones first")
+        return self._applied.pop()[1]
+
+    def weights_changed(self) -> None:
+        """Call after writing parameters in place: the cached fingerprint no longer describes them."""
+        self._fingerprint = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -425,14 +447,29 @@ class Workbench:
         """The prompt's tokens, start and end tokens included, no padding."""
         return self.tokenizer.convert_ids_to_tokens(self._check_prompt(prompt))
 
-    def token_ids(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        """(B, max_length) token ids, padded as the model was trained (SD-1.x pads with end-of-text)."""
+    def token_ids(self, prompts: str | Sequence[str], length: int | None = None) -> torch.Tensor:
+        """(B, max_length) token ids, padded as the model was trained (SD-1.x pads with end-of-text).
+
+        ``length`` keeps only the first ``length`` positions. The text encoder is causal (a state never sees
+        the tokens after it), so the states at those positions are exactly the full sequence's: whoever reads
+        only early positions, or only the real tokens, can skip encoding the padding (SD pads every prompt to
+        77 tokens)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         for p in prompts:
             self._check_prompt(p)
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True,
                              return_tensors="pt").input_ids
+        if length is not None:
+            if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= self.max_length:
+                raise ValueError(f"token_ids length must be a whole number from 1 to {self.max_length}, got "
+                                 f"{length!r}")
+            ids = ids[:, :length]
         return ids.to(self.device)
+
+    def token_count(self, prompt: str) -> int:
+        """The prompt's tokens, start and end-of-text included (the positions before the padding)."""
+        self._check_prompt(prompt)
+        return min(len(self.tokenizer(prompt).input_ids), self.max_length)
 
     def subject_positions(self, prompt: str, subject: str) -> list[int]:
         """Token positions of ``subject`` (first occurrence) in ``prompt``; the last one is the last
@@ -454,7 +491,7 @@ class Workbench:
 
     # ------------------------------------------------------------------ interventions
     def _run(self, part: str, args: tuple, kwargs: dict, read: Sequence[str], patches: Sequence[Patch],
-             rows_of: Callable[[Patch], Any] | None = None, step: int | None = None):
+             rows_of: Callable[[Patch], Any] | None = None, step: int | None = None, grad: bool = False):
         read = list(read)
         # "<layer>:input" reads a module's (first) input instead of its output
         layers = {name: self.layer(name.removesuffix(INPUT)) for name in [*read, *(p.layer for p in patches)]}
@@ -462,8 +499,11 @@ class Workbench:
             if layer.part != part:
                 raise ValueError(f"layer {name!r} is in the {layer.part} part, not in {part}")
         module = self.parts[part]
+        # grad=True: gradients flow through the forward and through patch values (a tensor that requires grad,
+        # or a function of one), e.g. to optimise what a patch adds; the weights themselves stay frozen.
+        autograd = torch.enable_grad() if grad else torch.no_grad()
         if not layers:
-            with torch.no_grad():
+            with autograd:
                 return module(*args, **kwargs), {}
         model = self._nn[part]
         order = sorted(layers, key=lambda n: layers[n].start if n.endswith(INPUT) else layers[n].order)
@@ -474,7 +514,7 @@ class Workbench:
             by_layer.setdefault(p.layer, []).append(p)
         saved: dict[str, Any] = {}
         # One invoke over a stacked batch; nnsight needs modules touched in execution order.
-        with torch.no_grad(), model.trace(*args, **kwargs):
+        with autograd, model.trace(*args, **kwargs):
             for name in order:
                 envoy = model.get(layers[name].path)
                 if name.endswith(INPUT):
@@ -487,12 +527,14 @@ class Workbench:
             result = nnsight.save(model.output)
         return result, saved
 
-    def run_text(self, input_ids: torch.Tensor, read: Sequence[str] = (), patches: Sequence[Patch] = ()
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def run_text(self, input_ids: torch.Tensor, read: Sequence[str] = (), patches: Sequence[Patch] = (), *,
+                 grad: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Text-encoder forward; returns (last hidden states (B, T, D), {layer: output read}).
 
-        A read named ``"<layer>:input"`` returns that module's first input instead of its output."""
-        out, saved = self._run("text", (input_ids.to(self.device),), {}, read, patches)
+        A read named ``"<layer>:input"`` returns that module's first input instead of its output. With
+        ``grad=True`` the forward carries gradients: to a patch's value (a tensor that requires grad, or a
+        function of one) and on through everything downstream (e.g. the UNet), the weights staying frozen."""
+        out, saved = self._run("text", (input_ids.to(self.device),), {}, read, patches, grad=grad)
         return out.last_hidden_state, saved
 
     def run_unet(self, latents: torch.Tensor, timestep: torch.Tensor | int, context: torch.Tensor,
