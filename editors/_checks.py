@@ -152,7 +152,8 @@ def layer(wb: Workbench, owner: str, name: str, takes: str) -> Layer:
 
 def about(help: str, **cli: Any) -> dict[str, Any]:
     """A request field's metadata: its help text, from which the CLI builds its option (``cli`` tunes that
-    option: ``flag="--guide"``, ``file=True`` for a list read from a file of lines, ``parse=fn`` for one value,
+    option: ``flag="--guide"``, ``file=True`` for a list read from a file of lines, ``request_file=True`` for
+    a JSON file the request's ``load`` reads (options given beside it win), ``parse=fn`` for one value,
     ``cli=False`` to keep it off the command line)."""
     return {"help": help, **cli}
 

@@ -127,7 +127,7 @@ class EMCIDRequest:
 
     edits: list[EMCIDEdit] = field(metadata=about(
         "a JSON file: a list of {source, destination[, prompts]}, or an object with 'edits' and any other field",
-        flag="--requests"))
+        flag="--requests", request_file=True))
     templates: list[str] = field(default_factory=lambda: list(TEMPLATES), metadata=about(
         "caption the source is read in, with {} for it; repeatable", flag="--template"))
     # stage I

@@ -10,7 +10,7 @@ import pytest
 
 import editors
 from editors import EDITORS
-from workbench.app.cli import build_parser, main
+from workbench.app.cli import _flag, build_parser, main
 from workbench.toy import recipes
 
 
@@ -91,7 +91,7 @@ def _argv(request, tmp_path) -> list[str]:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if value == default:
             continue
-        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        flag = _flag(f)
         if f.metadata.get("file"):
             path = tmp_path / f"{f.name}.txt"
             path.write_text("\n".join(value) + "\n")

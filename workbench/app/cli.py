@@ -156,13 +156,18 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def _flag(f) -> str:
+    """The option of a request field: its ``flag`` metadata, or ``--field-name``."""
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
 def _option(f, kind) -> tuple[str, dict]:
     """The argparse option of one request field, built from its type and metadata (no default restated:
     an option not given leaves the dataclass default)."""
     import types
 
     meta = f.metadata
-    flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+    flag = _flag(f)
     args = typing.get_args(kind)
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         kind = next(a for a in args if a is not type(None))  # X | None: the option gives an X
@@ -173,7 +178,7 @@ def _option(f, kind) -> tuple[str, dict]:
     if default is dataclasses.MISSING:
         kw["required"] = True
     origin = typing.get_origin(kind)
-    if meta.get("file") or f.name == "edits":
+    if meta.get("file") or meta.get("request_file"):
         kw["metavar"] = "FILE"
     elif kind is bool:
         kw["action"] = argparse.BooleanOptionalAction
@@ -198,20 +203,19 @@ def _request(module, args: argparse.Namespace):
         value = getattr(args, f"req_{f.name}", None)
         if value is None:
             continue
-        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         if f.metadata.get("file"):
-            value = _lines(value, flag)
+            value = _lines(value, _flag(f))
         elif "parse" in f.metadata:
             value = f.metadata["parse"](value)
         given[f.name] = value
+    from_file = [f.name for f in dataclasses.fields(cls) if f.metadata.get("request_file") and f.name in given]
     try:
-        if "edits" in given:  # EMCID: a file with the edits and any field; options given beside it win
-            return dataclasses.replace(cls.load(given.pop("edits")), **given)
+        if from_file:  # EMCID's --requests: a file with the edits and any field; options given beside it win
+            return dataclasses.replace(cls.load(given.pop(from_file[0])), **given)
         return cls(**given)
     except (TypeError, ValueError) as err:  # name the option the user typed, not only the field
         words = set(re.findall(r"\w+", str(err)))
-        flags = [f.metadata.get("flag", "--" + f.name.replace("_", "-")) for f in dataclasses.fields(cls)
-                 if f.name in given and f.name in words]
+        flags = [_flag(f) for f in dataclasses.fields(cls) if f.name in given and f.name in words]
         raise type(err)(f"{flags[0]}: {err}" if flags else str(err)) from None
 
 
