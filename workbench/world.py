@@ -41,6 +41,9 @@ class World:
     attribute_scorer: AttributeScorer | None = None
     scan: Callable[..., WorldScan] | None = None
     scannable: Callable[[Sequence[str]], object] | None = None
+    # named concept scorers (``--scorer toy``, ``--scorer toy-clip``), each built on first use
+    scorers: Mapping[str, Callable[[], ConceptScorer]] = field(default_factory=dict)
+    clip_folder: Path | None = None  # the world's own CLIP (image features, the toy-clip scorer)
 
 
 @dataclass

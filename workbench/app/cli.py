@@ -13,6 +13,8 @@ from ..checks import arg_int as _int
 
 # TraceSettings fields the trace command takes (progress follows --quiet)
 TRACE_SETTINGS = ("metric", "samples", "noise", "std", "seed", "draws", "steps", "guidance", "batch_size")
+SCORER_HELP = ("toy (the toy world's classifier; the default there), toy-clip, clip:PATH[:contrast,...], "
+               "nudenet[:THRESHOLD[:CLASS,...]] or classifier:PATH[:LABELS_FILE]")
 MODEL_HELP = ("toy, toy-entities (the toy worlds), tiny, sd15, sd21 (random weights) or a local diffusers folder / "
               ".safetensors file")
 
@@ -84,10 +86,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     _output_dir(args, wb, args.out)
     scorer = None
     if args.metric == "faithful":  # args.metric is None when not given: the proxy
-        if wb.world is None:
-            raise ValueError(f"--metric faithful needs a concept scorer; {wb.name!r} has none (the toy worlds have "
-                             "one; use the Python API with any callable images -> score for other models)")
-        scorer = wb.world.concept_scorer(args.subject)
+        scorer = _scorer(args, wb)(args.subject)
+    elif args.scorer:
+        raise ValueError("--scorer is read by --metric faithful only (the proxy and text metrics score no image)")
     given = {name: getattr(args, name) for name in TRACE_SETTINGS if getattr(args, name, None) is not None}
     settings = TraceSettings(**given)  # every default lives in TraceSettings
     if args.part == "text":
@@ -255,20 +256,41 @@ def _check_delta(args: argparse.Namespace, delta, wb) -> None:
                          f"({wb.name!r}); use it on the model it was made from. Details: {err}") from err
 
 
+def _scorer(args: argparse.Namespace, wb):
+    """The --scorer spec's scorer; without one, the model's world's own ("toy" on the toy worlds)."""
+    from ..measure import SCORER_SPECS, load_scorer
+
+    spec = args.scorer
+    if spec is None:
+        if wb.world is None or "toy" not in wb.world.scorers:
+            raise ValueError(f"{wb.name!r} has no scorer of its own (the toy worlds have); pass --scorer, one of "
+                             f"{', '.join(SCORER_SPECS[2:])}")
+        spec = "toy"
+    return load_scorer(spec, world=wb.world, device=wb.device, batch_size=args.batch_size or 64)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..delta import WeightDelta
     from ..evaluate import evaluate
 
+    if args.suite:
+        return _evaluate_suite(args)
+    if args.out:
+        raise ValueError("--out is the folder of a --suite run; a concept evaluation writes --json and --grid")
+    missing = [flag for flag, value in (("--delta", args.delta), ("--concept", args.concept)) if not value]
+    if missing:
+        raise ValueError(f"evaluate needs {' and '.join(missing)} (or --suite FILE to run a prompt suite)")
     wb = _load(args)
     _outputs(args, wb, args.json, args.grid)
     delta = WeightDelta.load(args.delta)
     _check_delta(args, delta, wb)
+    scorer = _scorer(args, wb) if args.scorer else None
     report = evaluate(wb, delta, args.concept, holdouts=args.holdout or [], aliases=args.alias or [],
                       unrelated=args.unrelated or [], samples=args.samples, seed=args.seed, steps=args.steps,
                       paraphrase=args.paraphrase, attack=args.attack, attack_rounds=args.attack_rounds,
                       attack_candidates=args.attack_candidates, attack_seeds=args.attack_seeds,
                       grid_images=args.grid_images if args.grid else 0, batch_size=args.batch_size,
-                      scan=args.scan, progress=True)
+                      scan=args.scan, scorer=scorer, progress=True)
     print(report.markdown())
     if args.json:
         print(f"wrote {report.save_json(args.json, overwrite=args.overwrite)}")
@@ -277,6 +299,53 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for flag in report.flags:
         print(f"workbench evaluate: warning: {flag}", file=sys.stderr)
     return 1 if report.flags else 0
+
+
+def _evaluate_suite(args: argparse.Namespace) -> int:
+    from ..delta import WeightDelta
+    from ..measure.suite_eval import evaluate_suite
+    from ..measure.suites import load_suite
+
+    extra = [flag for flag, value in (("--holdout", args.holdout), ("--alias", args.alias),
+                                      ("--unrelated", args.unrelated), ("--paraphrase", args.paraphrase),
+                                      ("--attack", args.attack), ("--scan", args.scan), ("--grid", args.grid))
+             if value]
+    if extra:
+        raise ValueError(f"{extra[0]} is not read with --suite (a suite run writes suite.json, suite.md and "
+                         "grid.png in --out)")
+    if args.concept and len(args.concept) > 1:
+        raise ValueError("--suite takes at most one --concept (it overrides every row's concept)")
+    suite = load_suite(args.suite, template=args.template, per_concept=args.samples, seed=args.seed)
+    wb = _load(args)
+    out = args.out or "out/suite"
+    from ..files import check_not_protected
+
+    check_not_protected(out, wb.read_paths())
+    delta = None
+    if args.delta:
+        delta = WeightDelta.load(args.delta)
+        _check_delta(args, delta, wb)
+    scorer = _scorer(args, wb)
+    extras = {}
+    if args.features:
+        from ..measure.image_sets import feature_extractor
+
+        extras["features"] = feature_extractor(args.features, world=wb.world, device=wb.device)
+        if args.features.startswith(("clip:", "toy-clip")):
+            from ..measure.clip import load_clip
+
+            folder = wb.world.clip_folder if args.features == "toy-clip" else args.features.partition(":")[2]
+            extras["clip"] = load_clip(str(folder), str(wb.device))
+    if args.lpips:
+        from ..measure.image_sets import load_lpips
+
+        extras["lpips"] = load_lpips(args.lpips)
+    report = evaluate_suite(wb, suite, out, scorer=scorer, scorer_name=args.scorer or "toy", delta=delta,
+                            concept=args.concept[0] if args.concept else None, steps=args.steps,
+                            batch_size=args.batch_size or 16, features_name=args.features, progress=True, **extras)
+    print(report.markdown())
+    print(f"wrote {out}/suite.json, suite.md, grid.png and items/ (a rerun resumes from items/)")
+    return 0
 
 
 def cmd_toy(args: argparse.Namespace) -> int:
@@ -351,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default 3 for text, 2 for unet)")
     p.add_argument("--steps", type=_int(1), help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=_float(), help="classifier-free guidance (default: the model's)")
+    p.add_argument("--scorer", help="--metric faithful: " + SCORER_HELP)
     p.add_argument("--top", type=_int(1), default=3, help="how many picked layers to print")
     p.add_argument("--out", default="out/trace")
     p.set_defaults(func=cmd_trace)
@@ -380,12 +450,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("evaluate", "rates before/after (edited, alias, paraphrase, holdout, unrelated), adversarial "
                 "prompt search, image fidelity, before/after grid", model, batch, write)
-    p.add_argument("--delta", required=True)
-    p.add_argument("--concept", action="append", required=True)
+    p.add_argument("--delta", help="the edit (a WeightDelta); required unless --suite, where it is optional")
+    p.add_argument("--concept", action="append", help="an edited concept (repeat); with --suite: the concept "
+                   "every row is scored for (default: the row's concept column)")
+    p.add_argument("--scorer", help=SCORER_HELP)
+    p.add_argument("--suite", help="a prompt suite file (I2P-style CSV, COCO captions JSON, a names .txt): "
+                   "generate, score and save every row before/after --delta, resumably")
+    p.add_argument("--out", help="with --suite: the run's folder (default out/suite; a rerun resumes)")
+    p.add_argument("--template", default="{}", help="with a names .txt suite: the prompt, {} is the name")
+    p.add_argument("--features", help="with --suite: FID/KID (and CLIP score) on clip:PATH, toy-clip or "
+                   "inception:FILE features")
+    p.add_argument("--lpips", help="with --suite: LPIPS before vs after, from an AlexNet-LPIPS safetensors file")
     p.add_argument("--holdout", action="append")
     p.add_argument("--alias", action="append")
     p.add_argument("--unrelated", action="append")
-    p.add_argument("--samples", type=_int(1), default=50, help="seeds per concept and group")
+    p.add_argument("--samples", type=_int(1), default=50, help="seeds per concept and group (with a names "
+                   ".txt suite: prompts per name)")
     p.add_argument("--seed", type=_int(0), default=0)
     p.add_argument("--steps", type=_int(1), help="sampling steps (default: the model's)")
     p.add_argument("--paraphrase", action="store_true", help="also rate the edited concepts in unseen phrasings")

@@ -138,9 +138,19 @@ def _scannable(names: Sequence[str]) -> set[str]:
     return edited_concepts(names)
 
 
+def _toy_clip():
+    from .clip import concept_scorer as clip_concept_scorer
+
+    return clip_concept_scorer()
+
+
 def toy_world(name: str = "toy") -> World:
-    """The toy world's :class:`World` (the same for the base and the entity world: one grammar, one scorer)."""
+    """The toy world's :class:`World` (the same for the base and the entity world: one grammar, one scorer,
+    and the toy CLIP as a second scorer)."""
+    from .clip import DEFAULT_PATH as CLIP_FOLDER
+
     return World(name=name, concept_scorer=concept_scorer, concept_prompt=concept_prompt,
                  paraphrase_prompt=paraphrase_prompt, vocabulary=world.vocabulary,
                  preserve_captions=preserve_captions, attribute_scorer=attribute_scorer,
-                 scan=_scan, scannable=_scannable)
+                 scan=_scan, scannable=_scannable,
+                 scorers={"toy": lambda: concept_scorer, "toy-clip": _toy_clip}, clip_folder=CLIP_FOLDER)
