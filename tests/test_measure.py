@@ -160,22 +160,24 @@ def test_nudenet_runs_offline():
 
 
 def test_classifier_scorer_is_top1(tmp_path):
-    from transformers import ConvNextImageProcessorPil, ResNetConfig, ResNetForImageClassification
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
     labels = ["tench, Tinca tinca", "gas pump, gasoline pump", "church"]
     torch.manual_seed(0)
-    model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                                                      num_labels=3, id2label=dict(enumerate(labels)),
-                                                      label2id={x: i for i, x in enumerate(labels)})).eval()
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, initializer_range=1.0, num_labels=3, id2label=dict(enumerate(labels)),
+                       label2id={x: i for i, x in enumerate(labels)})
+    model = ViTForImageClassification(config).eval()  # wide init: random images get different top-1 classes
     model.save_pretrained(tmp_path / "clf")
-    ConvNextImageProcessorPil(size={"shortest_edge": 32}).save_pretrained(tmp_path / "clf")
-    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "clf")
+    images = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     scorer = load_scorer(f"classifier:{tmp_path / 'clf'}")
     from transformers import AutoImageProcessor
 
     pixels = AutoImageProcessor.from_pretrained(tmp_path / "clf")(images=_pil(images), return_tensors="pt")
     with torch.no_grad():
         top = model(**pixels).logits.argmax(-1)
+    assert len(set(top.tolist())) >= 2
     for i, concept in enumerate(["tench", "gasoline pump", "Church"]):
         assert scorer(concept)(images).tolist() == (top == i).float().tolist()
     with pytest.raises(ValueError, match="no class named 'zebra'"):

@@ -98,3 +98,20 @@ def test_bad_suites_are_one_line_errors(tmp_path, toy_delta, capsys):
     assert main(["evaluate", "--model", "toy", "--delta", str(toy_delta)]) == 2
     assert "evaluate needs --concept (or --suite FILE" in capsys.readouterr().err
     assert not (tmp_path / "o" / "suite.json").exists()
+
+
+def test_evaluate_a_model_without_a_world_with_a_clip_folder(tmp_path, clip_folder, tiny, capsys):
+    from workbench.delta import WeightDelta
+
+    name = tiny.layers(kind="attn2")[0] + ".to_v.weight"
+    path = WeightDelta.capture(tiny, {name: tiny.parameter(name).data * 1.5}, method="scale").save(
+        tmp_path / "d.safetensors")
+    out = tmp_path / "report.json"
+    args = ["evaluate", "--model", "tiny", "--delta", str(path), "--concept", "cat", "--holdout", "dog",
+            "--template", "a photo of a {}", "--samples", "3", "--scorer", f"clip:{clip_folder}:a photo",
+            "--json", str(out), "--quiet"]
+    assert main(args) == 0
+    rates = json.loads(out.read_text())["rates"]
+    assert [(r["group"], r["concept"]) for r in rates] == [("edited", "cat"), ("holdout", "dog")]
+    assert main(args[:-3] + ["--template", "a {} and a {}", "--quiet"]) == 2
+    assert "must hold one {} where the concept goes" in capsys.readouterr().err

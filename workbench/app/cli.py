@@ -285,12 +285,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     delta = WeightDelta.load(args.delta)
     _check_delta(args, delta, wb)
     scorer = _scorer(args, wb) if args.scorer else None
+    prompt_fn = None
+    if args.template is not None or wb.world is None:  # a model without a world: the concept in a template
+        template = _template(args.template or "{}")
+        prompt_fn = lambda concept, i: template.format(concept)  # noqa: E731 - the seed varies with i
     report = evaluate(wb, delta, args.concept, holdouts=args.holdout or [], aliases=args.alias or [],
                       unrelated=args.unrelated or [], samples=args.samples, seed=args.seed, steps=args.steps,
                       paraphrase=args.paraphrase, attack=args.attack, attack_rounds=args.attack_rounds,
                       attack_candidates=args.attack_candidates, attack_seeds=args.attack_seeds,
                       grid_images=args.grid_images if args.grid else 0, batch_size=args.batch_size,
-                      scan=args.scan, scorer=scorer, progress=True)
+                      scan=args.scan, scorer=scorer, prompt_fn=prompt_fn, progress=True)
     print(report.markdown())
     if args.json:
         print(f"wrote {report.save_json(args.json, overwrite=args.overwrite)}")
@@ -299,6 +303,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for flag in report.flags:
         print(f"workbench evaluate: warning: {flag}", file=sys.stderr)
     return 1 if report.flags else 0
+
+
+def _template(template: str) -> str:
+    if template.count("{}") != 1 or template.count("{") != 1 or template.count("}") != 1:
+        raise ValueError(f"--template {template!r} must hold one {{}} where the concept goes")
+    return template
 
 
 def _evaluate_suite(args: argparse.Namespace) -> int:
@@ -315,7 +325,8 @@ def _evaluate_suite(args: argparse.Namespace) -> int:
                          "grid.png in --out)")
     if args.concept and len(args.concept) > 1:
         raise ValueError("--suite takes at most one --concept (it overrides every row's concept)")
-    suite = load_suite(args.suite, template=args.template, per_concept=args.samples, seed=args.seed)
+    suite = load_suite(args.suite, template=_template(args.template or "{}"), per_concept=args.samples,
+                       seed=args.seed)
     wb = _load(args)
     out = args.out or "out/suite"
     from ..files import check_not_protected
@@ -349,9 +360,10 @@ def _evaluate_suite(args: argparse.Namespace) -> int:
 
 
 def cmd_toy(args: argparse.Namespace) -> int:
-    commands = {"train": "train", "check": "check"}
+    commands = {"train": "train", "check": "check", "clip": "clip"}
     if not args.rest or args.rest[0] not in commands:
-        raise ValueError("usage: workbench toy {train,check} [options]; add --help after the command for options")
+        raise ValueError("usage: workbench toy {train,check,clip} [options]; add --help after the command for "
+                         "options")
     from importlib import import_module
 
     return import_module(f"workbench.toy.{commands[args.rest[0]]}").main(args.rest[1:])
@@ -457,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", help="a prompt suite file (I2P-style CSV, COCO captions JSON, a names .txt): "
                    "generate, score and save every row before/after --delta, resumably")
     p.add_argument("--out", help="with --suite: the run's folder (default out/suite; a rerun resumes)")
-    p.add_argument("--template", default="{}", help="with a names .txt suite: the prompt, {} is the name")
+    p.add_argument("--template", help="the prompt around each concept, {} is the concept (default: the model's "
+                   "world's prompts; '{}' on a model without one); with a names .txt suite: around each name")
     p.add_argument("--features", help="with --suite: FID/KID (and CLIP score) on clip:PATH, toy-clip or "
                    "inception:FILE features")
     p.add_argument("--lpips", help="with --suite: LPIPS before vs after, from an AlexNet-LPIPS safetensors file")
@@ -491,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo")
     p.set_defaults(func=cmd_demo)
 
-    p = command("toy", "the toy world: `workbench toy train ...`, `workbench toy check ...`")
+    p = command("toy", "the toy world: `workbench toy train ...`, `workbench toy check ...`, `workbench toy clip "
+                "...` (train or --check the toy CLIP)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_toy)
     return parser
