@@ -38,6 +38,7 @@ def test_the_contracts_hold():
     ("tracing/result.py", "import editors as _editors", "tracing and editors are independent"),
     ("workbench/delta.py", "import tracing as _tracing", "the kernel imports no layer above it"),
     ("workbench/evaluate.py", "from workbench.toy import check as _check", "the evaluation does not import"),
+    ("workbench/measure/scorers.py", "from workbench.toy import clip as _clip", "the evaluation does not import"),
 ])
 def test_a_forbidden_import_breaks_a_contract(tmp_path, module, line, contract):
     root = copy_tree(tmp_path)

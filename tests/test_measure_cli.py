@@ -60,12 +60,14 @@ def test_suite_run_scores_saves_and_resumes(tmp_path, toy_delta, capsys):
 def test_faithful_trace_on_sd15_shapes_with_a_clip_folder(tmp_path, clip_folder, capsys):
     out = tmp_path / "trace"
     args = ["trace", "--model", "sd15", "--sample-size", "8", "--prompt", "a photo of a cat", "--subject", "cat",
-            "--metric", "faithful", "--scorer", f"clip:{clip_folder}:a photo of a dog", "--kind", "mlp",
-            "--window", "12", "--steps", "2", "--samples", "1", "--out", str(out), "--quiet"]
+            "--metric", "faithful", "--scorer", f"clip:{clip_folder}:a photo of a dog", "--part", "unet",
+            "--layers", "unet.mid_block.*attn2", "--steps", "1", "--samples", "1", "--out", str(out), "--quiet"]
     assert main(args) == 0
     result = json.loads((out / "result.json").read_text())
-    assert result["metric"] == "faithful" and "clean" in capsys.readouterr().out
-    assert 0 <= result["clean"] <= 1 and 0 <= result["corrupted"] <= 1
+    assert result["settings"]["metric"] == "faithful" and result["model"] == "random-sd15-seed0"
+    assert result["rows"] == ["unet.mid_block.attentions.0.transformer_blocks.0.attn2"]
+    assert 0 < result["clean"] < 1 and 0 < result["corrupted"] < 1  # CLIP probabilities of "cat" vs the contrast
+    assert "picked layers" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -363,10 +363,10 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
         paraphrase_fn = paraphrase_fn or world.paraphrase_prompt
         vocabulary = world.vocabulary() if vocabulary is None else vocabulary
     delta.check_base(wb)
-    for c in dict.fromkeys([*concepts, *aliases, *holdouts, *unrelated]):
-        scorer(c)  # a concept the scorer cannot read fails here, before any image is made
     if scan and world.scannable is not None:
         world.scannable([*concepts, *aliases])  # a name the scan cannot rate fails before any image is made
+    for c in dict.fromkeys([*concepts, *aliases, *holdouts, *unrelated]):
+        scorer(c)  # so does a concept the scorer cannot read
     groups: list[tuple[str, list[str], PromptFn]] = [
         ("edited", list(concepts), prompt_fn), ("alias", list(aliases), prompt_fn),
         ("paraphrase", list(concepts) if paraphrase else [], paraphrase_fn),
