@@ -431,8 +431,9 @@ def _optimise(wb: Workbench, req: EMCIDRequest, plan: _Plan, rows: torch.Tensor,
     eps = torch.stack([torch.randn((s, *wb.latent_shape), generator=g) for g in gens]).flatten(0, 1)
     x_t = wb.scheduler.add_noise(x0.repeat_interleave(s, 0), eps.to(dev, wb.dtype), t)
     with torch.no_grad():
-        dst_states = wb.text_encoder(dst_ids).last_hidden_state
-        target = wb.unet(x_t, t, encoder_hidden_states=dst_states.repeat_interleave(s, 0)).sample
+        dst_cond = wb.run_text(dst_ids)[0]
+        dst_states = dst_cond.states
+        target = wb.unet(x_t, t, **wb.family.unet_kwargs(dst_cond.repeat_interleave(s))).sample
 
     delta = torch.zeros(k, z0.shape[1], device=dev, dtype=wb.dtype, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=req.lr)
@@ -445,8 +446,9 @@ def _optimise(wb: Workbench, req: EMCIDRequest, plan: _Plan, rows: torch.Tensor,
     losses = []
     with torch.enable_grad():
         for step in range(req.steps + 1):  # the last pass only measures the final δ's loss
-            states, _ = wb.run_text(src_ids, patches=[add_delta], grad=True)
-            pred = wb.unet(x_t, t, encoder_hidden_states=states.repeat_interleave(s, 0)).sample
+            cond, _ = wb.run_text(src_ids, patches=[add_delta], grad=True)
+            states = cond.states
+            pred = wb.unet(x_t, t, **wb.family.unet_kwargs(cond.repeat_interleave(s))).sample
             distill = _concept_mean((pred - target).pow(2).flatten(1).mean(1), local.repeat_interleave(s), k)
             # the pooled (end-of-text) state only, as the reference: the destination's last token is no
             # target for the source's when the destination has more words (in "a green ring" the colour sits

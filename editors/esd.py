@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from workbench import WeightDelta, Workbench
+from workbench import Conditioning, WeightDelta, Workbench
 from workbench.files import atomic_write, check_not_protected
 from workbench.progress import bar as progress_bar
 
@@ -176,7 +176,8 @@ class _Trainer:
         self.from_row = 1 if same else 2  # row of c_from among the frozen predictions
         prompts = ["", req.erase] if same else ["", req.erase, req.erase_from]
         with torch.no_grad():
-            self.context = wb.encode(prompts)  # [∅, c(, c_from)]
+            # [∅, c(, c_from)]; ∅ as the sampler's guidance has it (SDXL-base: zeros)
+            self.context = Conditioning.cat([wb.unconditional(1), wb.conditioning(prompts[1:])])
         self.sample_context = self.context[[0, self.from_row]]  # the sampler's CFG batch: [∅, c_from]
         self.scheduler = copy.deepcopy(wb.scheduler)
         self.scheduler.set_timesteps(int(req.ddim_steps or wb.defaults["steps"]), device=wb.device)
@@ -195,11 +196,12 @@ class _Trainer:
             for (module, attr, _), original in zip(self._slots, originals, strict=True):
                 module._parameters[attr] = original
 
-    def _unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, trained: bool = False) -> torch.Tensor:
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, context: Conditioning, trained: bool = False) -> torch.Tensor:
+        kwargs = self.wb.family.unet_kwargs(context)
         if trained:
             with self._swapped():
-                return self.wb.unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
-        return self.wb.unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+                return self.wb.unet(x, t, **kwargs, return_dict=False)[0]
+        return self.wb.unet(x, t, **kwargs, return_dict=False)[0]
 
     @torch.no_grad()
     def sample_xt(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:

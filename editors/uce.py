@@ -84,6 +84,10 @@ class UCERequest:
         choices=("last", "to_end")))
     templates: list[str] = field(default_factory=lambda: ["{}"], metadata=about(
         "context the keys are read in, with {} for the concept; repeatable", flag="--template"))
+    # SDXL: the pooled text embedding reaches the UNet through add_embedding.linear_1, bypassing attn2
+    pooled: bool = field(default=False, metadata=about(
+        "also edit the projections that read the pooled text embedding (SDXL's unet.add_embedding.linear_1, "
+        "its pooled columns), with the concepts' pooled embeddings as keys"))
     # debiasing: alpha is found by generating and scoring
     attribute_scorer: AttributeScorer | None = field(default=None, repr=False, compare=False, metadata=about(
         "images -> {attribute: (B,) probabilities}; default: the model's world's (wb.world)", record=False,
@@ -126,6 +130,8 @@ class UCERequest:
         number(owner, "max_rounds", self.max_rounds, low=1, integer=True)
         number(owner, "tolerance", self.tolerance, low=0)
         number(owner, "seed", self.seed, low=0, integer=True)
+        if not isinstance(self.pooled, bool):
+            raise ValueError(f"UCE pooled must be true or false, got {self.pooled!r}")
 
 
 def parse_debias(spec: str) -> tuple[str, dict[str, float]]:
@@ -206,16 +212,43 @@ def named_attribute_scorer(score_fn: Callable[[torch.Tensor], torch.Tensor],
     return scorer
 
 
-def kv_parameters(wb: Workbench, layers: Sequence[str] | None) -> list[str]:
-    """Weight names of the cross-attention key/value projections to edit (all ``attn2`` by default)."""
+def kv_parameters(wb: Workbench, layers: Sequence[str] | None, pooled: bool = False) -> list[str]:
+    """Weight names of the projections that read text to edit: the cross-attention key/value projections
+    (all ``attn2`` by default) and, with ``pooled``, every projection of the pooled text embedding the
+    model's family has (SDXL: ``unet.add_embedding.linear_1``)."""
     accepts = {"attn2": ["to_k.weight", "to_v.weight"], "to_k": ["weight"], "to_v": ["weight"]}
+    pooled_kinds = [k for k, reads in wb.family.text_projections.items() if reads == "pooled"]
+    accepts.update({k: ["weight"] for k in pooled_kinds})
     layers = _checks.layer_names("UCE", layers)
     if layers is None:
-        layers = wb.layers("attn2")
-    takes = "UNet cross-attention layers: attn2, or its to_k / to_v, e.g. wb.layers('attn2')"
+        layers = wb.layers("attn2") + (wb.layers(pooled_kinds) if pooled and pooled_kinds else [])
+    if pooled and not pooled_kinds:
+        raise ValueError(f"UCE pooled: {wb.name} ({wb.family.name}) has no pooled text path to edit; only SDXL-"
+                         f"family models do")
+    takes = ("UNet cross-attention layers: attn2, or its to_k / to_v, e.g. wb.layers('attn2')"
+             + (f", or the pooled path's {', '.join(pooled_kinds)}" if pooled_kinds else ""))
     names = edit_targets([_checks.layer(wb, "UCE", name, takes) for name in layers], accepts, "UCE",
-                         "cross-attention key/value projections")
+                         "the projections that read text")
     return list(dict.fromkeys(names))  # an attn2 and its own to_k given together: edit it once
+
+
+def _reads_pooled(wb: Workbench, name: str) -> bool:
+    """Whether parameter ``name`` belongs to a projection of the pooled text embedding."""
+    kind = wb.layer(name.removesuffix(".weight")).kind
+    return wb.family.text_projections.get(kind) == "pooled"
+
+
+def pooled_keys(wb: Workbench, concepts: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """(concepts × templates, P) pooled text embeddings of each concept in each template, in that order (None
+    for no concepts)."""
+    if not concepts:
+        return None
+    return wb.conditioning([_fill(t, c) for c in concepts for t in templates]).pooled
+
+
+def _cat_rows(*parts: torch.Tensor | None) -> torch.Tensor | None:
+    given = [p for p in parts if p is not None]
+    return torch.cat(given) if given else None
 
 
 def _anchor(wb: Workbench, template: str, concept: str) -> int:
@@ -242,7 +275,7 @@ def concept_keys(wb: Workbench, concepts: Sequence[str], tokens: str = "last",
     anchors = [_anchor(wb, t, c) for c in concepts for t in templates]
     # keys at the last token need nothing after the last anchor (~15x less work in a 77-token model)
     ids = wb.token_ids(prompts, length=max(anchors) + 1 if tokens == "last" else None)
-    states, _ = wb.run_text(ids)
+    states = wb.run_text(ids)[0].states
     out, row = [], 0
     for _ in concepts:
         spans = []
@@ -270,13 +303,19 @@ def _flat(spans: list[list[torch.Tensor]]) -> torch.Tensor | None:
 
 
 def _solve_all(wb: Workbench, params: list[str], keys: torch.Tensor, targets: torch.Tensor,
-               preserve: torch.Tensor | None, req: UCERequest) -> dict[str, torch.Tensor]:
+               preserve: torch.Tensor | None, req: UCERequest, pooled: tuple | None = None) -> dict[str, torch.Tensor]:
+    """New weights: ``keys``/``targets``/``preserve`` for the projections of text states, ``pooled`` = (keys,
+    targets, preserve) of pooled embeddings for the pooled-path projections (only their first P columns read
+    the pooled embedding; the rest, the time ids' features, stay)."""
     new = {}
     for name in params:
         w = wb.parameter(name).detach()
-        values = targets.to(w) @ w.T  # v* = W_old c_target
-        new[name] = ridge_solve(w, keys.to(w), values, preserve, lam=req.lam, edit_scale=req.erase_scale,
-                                preserve_scale=req.preserve_scale)
+        k, tg, pr = pooled if _reads_pooled(wb, name) else (keys, targets, preserve)
+        block = w[:, :k.shape[1]]
+        values = tg.to(w) @ block.T  # v* = W_old c_target
+        solved = ridge_solve(block, k.to(w), values, pr, lam=req.lam, edit_scale=req.erase_scale,
+                             preserve_scale=req.preserve_scale)
+        new[name] = solved if block.shape == w.shape else torch.cat([solved, w[:, k.shape[1]:]], dim=1)
     return new
 
 
@@ -338,7 +377,7 @@ def _measure(scorer: AttributeScorer, images: torch.Tensor, concept: str, attrib
 
 
 REQUEST = UCERequest
-LAYER_KINDS = ("attn2", "to_k", "to_v")  # what ``layers`` may name
+LAYER_KINDS = ("attn2", "to_k", "to_v", "add_proj")  # what ``layers`` may name (add_proj: SDXL's pooled path)
 
 
 def edit(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None, *,
@@ -359,7 +398,7 @@ def edit(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None
     req = request
     if not isinstance(req, UCERequest):
         raise TypeError(f"uce needs a UCERequest, got {type(req).__name__}")
-    params = kv_parameters(wb, layers)
+    params = kv_parameters(wb, layers, req.pooled)
     attribute_scorer = req.attribute_scorer
     if req.debias:
         if attribute_scorer is None and wb.world is not None:
@@ -380,9 +419,14 @@ def edit(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None
         preserve = whole if preserve is None else torch.cat([preserve, whole])
     keys, target_keys = _pairs(keys_src, keys_tgt) if sources else (None, None)
     meta = {"method": "uce", "request": record(req), "parameters": params}
+    pooled = None
+    if any(_reads_pooled(wb, name) for name in params):
+        pooled = (pooled_keys(wb, sources, req.templates), pooled_keys(wb, targets, req.templates),
+                  _cat_rows(pooled_keys(wb, req.preserve, req.templates),
+                            wb.conditioning(list(req.preserve_prompts)).pooled if req.preserve_prompts else None))
 
     if not req.debias:
-        return WeightDelta.capture(wb, _solve_all(wb, params, keys, target_keys, preserve, req), **meta)
+        return WeightDelta.capture(wb, _solve_all(wb, params, keys, target_keys, preserve, req, pooled), **meta)
 
     concepts = list(req.debias)
     attrs = {c: list(req.debias[c]) for c in concepts}
@@ -395,6 +439,10 @@ def edit(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None
         lengths = [min(len(per[j]) for per in spans) for j in range(len(req.templates))]
         cut = [torch.cat([k[:n] for k, n in zip(per, lengths, strict=True)]) for per in spans]
         c_keys[c], a_keys[c] = cut[0], torch.stack(cut[1:])
+    if pooled is not None:  # the same debias targets, in pooled space: c + Σ α_a a per template
+        c_pooled = {c: pooled_keys(wb, [c], req.templates) for c in concepts}
+        a_pooled = {c: pooled_keys(wb, attrs[c], req.templates).view(len(attrs[c]), len(req.templates), -1)
+                    for c in concepts}
     alpha = {c: torch.zeros(len(attrs[c])) for c in concepts}
     history = []
     best, best_gap = None, float("inf")
@@ -403,7 +451,13 @@ def edit(wb: Workbench, request: UCERequest, layers: Sequence[str] | None = None
         debias_targets = [c_keys[c] + (alpha[c][:, None, None] * a_keys[c]).sum(0) for c in concepts]
         all_keys = torch.cat([k for k in (keys, *[c_keys[c] for c in concepts]) if k is not None])
         all_targets = torch.cat([t for t in (target_keys, *debias_targets) if t is not None])
-        delta = WeightDelta.capture(wb, _solve_all(wb, params, all_keys, all_targets, preserve, req), **meta)
+        round_pooled = None
+        if pooled is not None:
+            round_pooled = (_cat_rows(pooled[0], *[c_pooled[c] for c in concepts]),
+                            _cat_rows(pooled[1], *[c_pooled[c] + (alpha[c][:, None, None] * a_pooled[c]).sum(0)
+                                                   for c in concepts]), pooled[2])
+        delta = WeightDelta.capture(wb, _solve_all(wb, params, all_keys, all_targets, preserve, req, round_pooled),
+                                    **meta)
         measured = {}
         with delta.applied(wb):  # reverted on the way out, whatever happens inside
             for c in concepts:

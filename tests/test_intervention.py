@@ -26,6 +26,7 @@ def test_gradient_through_a_patch_equals_a_hand_written_hook(tiny):
     ours = shift.clone().requires_grad_(True)
     states, _ = tiny.run_text(ids, patches=[Patch(LAYER, lambda h: h.index_put((rows, pos), ours,
                                                                                 accumulate=True))], grad=True)
+    states = states.states
     loss_of(states).backward()
 
     theirs = shift.clone().requires_grad_(True)
@@ -51,6 +52,7 @@ def test_gradient_through_a_patch_equals_a_hand_written_hook(tiny):
 def test_without_grad_nothing_carries_a_gradient(tiny):
     shift = torch.zeros(tiny.text_encoder.config.hidden_size, requires_grad=True)
     states, _ = tiny.run_text(tiny.token_ids("a cat"), patches=[Patch(LAYER, lambda h: h + shift)])
+    states = states.states
     assert not states.requires_grad
 
 
@@ -62,8 +64,10 @@ def test_a_bad_patch_layer_is_one_line(tiny):
 def test_truncated_ids_give_the_full_sequence_states(tiny):
     prompts = ["a red cat", "a photo of a dog in the park"]
     full, _ = tiny.run_text(tiny.token_ids(prompts))
+    full = full.states
     n = max(tiny.token_count(p) for p in prompts)
     short, _ = tiny.run_text(tiny.token_ids(prompts, length=n))
+    short = short.states
     assert short.shape[1] == n and torch.allclose(short, full[:, :n], atol=1e-6)
     with pytest.raises(ValueError, match="length must be a whole number from 1 to"):
         tiny.token_ids(prompts, length=0)

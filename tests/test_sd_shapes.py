@@ -18,6 +18,7 @@ def test_sd_shaped_models(arch, context):
     assert len(wb.layers("hidden")) == (12 if arch == "sd15" else 23)
     ids = wb.token_ids("a photo of van gogh")
     ctx, reads = wb.run_text(ids, read=["text.encoder.layers.0.self_attn"])
+    ctx = ctx.states
     assert ctx.shape == (1, 77, context)
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     eps, reads = wb.run_unet(x, 500, ctx, read=[attn2[0], attn2[-1]])

@@ -37,7 +37,7 @@ def test_unknown_layer_and_kind_are_clear_errors(tiny):
         tiny.layer("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn3")
     with pytest.raises(ValueError, match="unknown layer kind 'attention'"):
         tiny.layers("attention")
-    with pytest.raises(ValueError, match="is in the unet part, not in text"):
+    with pytest.raises(ValueError, match="is in the unet part, not in a text encoder"):
         tiny.run_text(tiny.token_ids("a cat"), read=["unet.conv_in"])
 
 
@@ -72,19 +72,23 @@ def test_restoring_every_position_reproduces_clean_text_states(tiny):
     ids = tiny.token_ids([PROMPT, PROMPT])
     pos = tiny.subject_positions(PROMPT, "cat")
     clean, states = tiny.run_text(ids[:1], read=tiny.layers("hidden"))
+    clean = clean.states
     noise = torch.randn(1, len(pos), clean.shape[-1], generator=torch.Generator().manual_seed(0))
     corrupt = Patch("text.embeddings.token_embedding", lambda e: e + 3 * noise, rows=[1], positions=pos)
     corrupted, _ = tiny.run_text(ids, patches=[corrupt])
+    corrupted = corrupted.states
     assert (corrupted[1] - clean[0]).abs().max() > 1e-2  # the corruption does something
     assert torch.equal(corrupted[0], clean[0])  # and only to its row
     for layer in tiny.layers("hidden"):
         restore = Patch(layer, states[layer], rows=[1])
         restored, _ = tiny.run_text(ids, patches=[corrupt, restore])
+        restored = restored.states
         assert (restored[1] - clean[0]).abs().max() <= 1e-6, layer
     # restoring one token fixes that position and everything before it (causal attention), not after
     last = pos[-1]
     restored, _ = tiny.run_text(ids, patches=[corrupt, Patch("text.encoder.layers.0", states["text.encoder.layers.0"]
                                                              [:, [last]], rows=[1], positions=[last])])
+    restored = restored.states
     assert (restored[1, : last + 1] - clean[0, : last + 1]).abs().max() <= 1e-6
     assert (restored[1, last + 1:] - clean[0, last + 1:]).abs().max() > 1e-3
 

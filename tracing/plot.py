@@ -18,7 +18,10 @@ CMAPS = {"hidden": "Purples", "self_attn": "Reds", "mlp": "Greens"}
 
 def short_name(name: str) -> str:
     """Readable row labels: ``unet.up_blocks.1.attentions.0.transformer_blocks.0.attn2`` -> ``up1.a0.attn2``."""
-    s = name.removeprefix("text.").removeprefix("unet.")
+    part, _, s = name.partition(".")
+    s = s.removeprefix("text_model.")
+    if part not in ("text", "unet"):  # a second text encoder: keep which one
+        s = f"{part} {s}"
     for old, new in (("encoder.layers.", "layer "), ("down_blocks.", "down"), ("up_blocks.", "up"),
                      ("mid_block", "mid"), (".attentions.", ".a"), (".resnets.", ".r"),
                      (".transformer_blocks.0", ""), (".transformer_blocks.", ".t")):

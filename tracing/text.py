@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from workbench import Patch, Workbench
+from workbench import Conditioning, Patch, Workbench
 from workbench.progress import bar
 
 from . import checks
@@ -39,7 +39,7 @@ TEXT_KINDS = ("hidden", "self_attn", "mlp")
 
 def trace_text_encoder(wb: Workbench, prompt: str, subject: str, *, kind: str = "hidden", window: int = 1,
                        tokens: Sequence[int] | str = "real", settings: TraceSettings | None = None,
-                       scorer: Scorer | None = None) -> TraceResult:
+                       scorer: Scorer | None = None, part: str = "text") -> TraceResult:
     """Restore effect of every (text-encoder layer, token) state of ``kind`` for ``subject`` in ``prompt``.
 
     ``kind``: ``hidden`` (the residual state after each layer; the embeddings are row 0), ``self_attn`` or
@@ -50,6 +50,9 @@ def trace_text_encoder(wb: Workbench, prompt: str, subject: str, *, kind: str = 
     ``settings.metric``: ``proxy`` (noise-prediction restoration over ``draws`` (noise, timestep) pairs),
     ``text`` (restoration of the final text states) or ``faithful`` (generate from the restored text, score
     with ``scorer``). ``settings.batch_size`` counts text-encoder rows, UNet rows and prompts per generation.
+    ``part``: the text encoder whose states are restored (``text``; SDXL also ``text2``). The subject is
+    corrupted in every encoder, so a restore effect says how much of the concept that encoder's state alone
+    brings back (the pooled path alone: ``trace_unet(layers="add_embedding")``).
     """
     t0 = time.perf_counter()
     checks.text("prompt", prompt)
@@ -57,12 +60,14 @@ def trace_text_encoder(wb: Workbench, prompt: str, subject: str, *, kind: str = 
     checks.whole("window", window)
     if kind not in TEXT_KINDS:
         raise ValueError(f"unknown text-encoder kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
+    if part not in wb.text_parts:
+        raise ValueError(f"unknown text encoder {part!r}; {wb.name} has {', '.join(wb.text_parts)}")
     s = resolve(settings, wb, "text")
     check_scorer(s.metric, scorer)
     pos = wb.subject_positions(prompt, subject)
     cols = token_positions(wb, prompt, tokens)
-    layers = wb.layers(kind, part="text")
-    rows = (["text.embeddings"] if kind == "hidden" else []) + layers
+    layers = wb.layers(kind, part=part)
+    rows = (wb.layers("embeddings", part=part) if kind == "hidden" else []) + layers
     batches: dict[str, int] = {}  # rows per forward of each loop, and how many rows ran
     clean, finals = _restored_runs(wb, prompt, pos, rows, _window_groups(rows, layers, window), cols, s, kind,
                                    batches)
@@ -119,8 +124,9 @@ def _window_groups(rows: list[str], layers: list[str], window: int) -> list[list
 def _restored_runs(wb: Workbench, prompt: str, pos: list[int], rows: list[str], groups: list[list[str]],
                    cols: list[int], s: TraceSettings, kind: str,
                    batches: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The clean final text states (1, L, D) and the corrupted ones (conds, samples, L, D): condition 0 is
-    the corrupted run, then one per (row, column), row-major, with ``groups[row]`` restored at the column."""
+    """The clean conditioning (one row) and the corrupted ones (conds × samples rows, row c·samples + n is
+    condition c on noise sample n): condition 0 is the corrupted run, then one per (row, column), row-major,
+    with ``groups[row]`` restored at the column."""
     ids = wb.token_ids([prompt])
     clean, states = wb.run_text(ids, read=rows)
     per_text = batches["text"] = batch_rows(wb, "text", s.batch_size)
@@ -129,13 +135,13 @@ def _restored_runs(wb: Workbench, prompt: str, pos: list[int], rows: list[str], 
     finals = []
     with bar(desc=f"trace text/{kind}: text encoder", total=n_rows, unit="row", progress=s.progress) as pbar:
         for chunk in chunks(n_rows, per_text):
-            patches = [corruption(wb, pos, range(len(chunk)), draws=[r % s.samples for r in chunk], k=s.noise,
-                                  std=s.std, seed=s.seed)]
-            patches += _restorations([conds[r // s.samples] for r in chunk], groups, states, clean.shape[1])
+            patches = corruption(wb, pos, range(len(chunk)), draws=[r % s.samples for r in chunk], k=s.noise,
+                                 std=s.std, seed=s.seed)
+            patches += _restorations([conds[r // s.samples] for r in chunk], groups, states, ids.shape[1])
             out, _ = wb.run_text(ids.expand(len(chunk), -1), patches=patches)
             finals.append(out)
             pbar.update(len(chunk))
-    return clean, torch.cat(finals).view(len(conds), s.samples, *clean.shape[1:])
+    return clean, Conditioning.cat(finals)
 
 
 def _restorations(conds: list[tuple[int, int] | None], groups: list[list[str]], states: dict[str, torch.Tensor],
@@ -152,12 +158,13 @@ def _restorations(conds: list[tuple[int, int] | None], groups: list[list[str]], 
     return [_masked_restore(name, mask, states[name]) for name, mask in masks.items()]
 
 
-def _measure(wb: Workbench, prompt: str, clean: torch.Tensor, finals: torch.Tensor, s: TraceSettings,
+def _measure(wb: Workbench, prompt: str, clean: Conditioning, finals: Conditioning, s: TraceSettings,
              scorer: Scorer | None, batches: dict[str, int]) -> tuple[torch.Tensor, float, float]:
     """(conds, samples) restore effects under ``s.metric``, with the clean and corrupted metric values."""
     if s.metric == "text":
-        n = finals.shape[0]
-        per = restoration(finals.flatten(0, 1), clean.expand(n * s.samples, -1, -1), finals[0].repeat(n, 1, 1))
+        flat = finals.flat()
+        n = len(finals) // s.samples
+        per = restoration(flat, clean.flat().expand(len(flat), -1), flat[:s.samples].repeat(n, 1))
         return per.view(n, s.samples), 1.0, 0.0
     if s.metric == "proxy":
         return _proxy(wb, prompt, clean, finals, s, batches), 1.0, 0.0
@@ -179,7 +186,7 @@ def _masked_restore(layer: str, mask: torch.Tensor, clean_state: torch.Tensor) -
     return Patch(layer, put)
 
 
-def _proxy(wb: Workbench, prompt: str, clean: torch.Tensor, finals: torch.Tensor, s: TraceSettings,
+def _proxy(wb: Workbench, prompt: str, clean: Conditioning, finals: Conditioning, s: TraceSettings,
            batches: dict[str, int]) -> torch.Tensor:
     """(conds, samples) noise-prediction restoration, averaged over the (noise, timestep) draws."""
     draws = s.draws
@@ -187,11 +194,11 @@ def _proxy(wb: Workbench, prompt: str, clean: torch.Tensor, finals: torch.Tensor
     x_t, t = noised_latents(wb, prompt, [s.seed + 100 + d for d in range(draws)], timesteps, steps=s.steps,
                             guidance=s.guidance, batch_size=s.batch_size, progress=s.progress)
     per_unet = batch_rows(wb, "unet", s.batch_size)
-    e_clean = torch.cat([wb.run_unet(x_t[c.start:c.stop], t[c.start:c.stop], clean.expand(len(c), -1, -1))[0]
+    e_clean = torch.cat([wb.run_unet(x_t[c.start:c.stop], t[c.start:c.stop], clean.expand(len(c)))[0]
                          for c in chunks(draws, per_unet)])
-    ctx = finals.flatten(0, 1)
-    first, inverse = unique_rows(ctx)  # bit-identical text states need one UNet pass
-    batches.update(unet=per_unet, unet_rows=len(first) * draws, unet_rows_without_dedupe=ctx.shape[0] * draws)
+    ctx = finals
+    first, inverse = unique_rows(ctx.flat())  # bit-identical text states need one UNet pass
+    batches.update(unet=per_unet, unet_rows=len(first) * draws, unet_rows_without_dedupe=len(ctx) * draws)
     # UNet row r: context first[r // draws] on draw r % draws
     n_rows = len(first) * draws
     contexts = ctx[first]
@@ -204,27 +211,28 @@ def _proxy(wb: Workbench, prompt: str, clean: torch.Tensor, finals: torch.Tensor
             pbar.update(len(chunk))
     preds = torch.cat(preds)
     preds = preds.view(len(first), draws, *preds.shape[1:])[inverse]
-    preds = preds.view(finals.shape[0], finals.shape[1], draws, *e_clean.shape[1:])
+    n_conds = len(finals) // s.samples
+    preds = preds.view(n_conds, s.samples, draws, *e_clean.shape[1:])
     base = preds[0:1].expand_as(preds)
-    per = restoration(preds.flatten(0, 2), e_clean.repeat(finals.shape[0] * finals.shape[1], 1, 1, 1),
-                      base.flatten(0, 2))
-    return per.view(finals.shape[0], finals.shape[1], draws).mean(2)
+    per = restoration(preds.flatten(0, 2), e_clean.repeat(n_conds * s.samples, 1, 1, 1), base.flatten(0, 2))
+    return per.view(n_conds, s.samples, draws).mean(2)
 
 
-def _faithful(wb: Workbench, clean: torch.Tensor, finals: torch.Tensor, scorer: Scorer, s: TraceSettings,
+def _faithful(wb: Workbench, clean: Conditioning, finals: Conditioning, scorer: Scorer, s: TraceSettings,
               batches: dict[str, int]) -> tuple[torch.Tensor, float, float]:
     """(conds, samples) normalised concept-score restoration; sample i is generated with seed + i."""
-    n_conds, samples = finals.shape[:2]
+    samples = s.samples
+    n_conds = len(finals) // samples
     seeds = [s.seed + i for i in range(samples)]
     per_gen = batch_rows(wb, "generate", s.batch_size)
     gen = dict(steps=s.steps, guidance=s.guidance, progress=s.progress)
     clean_scores = torch.cat([_scores(scorer, wb.generate([""] * len(c), seeds[c.start:c.stop],
-                                                          context=clean.expand(len(c), -1, -1), **gen).images, len(c))
+                                                          context=clean.expand(len(c)), **gen).images, len(c))
                               for c in chunks(samples, per_gen)])
-    ctx = finals.flatten(0, 1)
+    ctx = finals
     all_seeds = seeds * n_conds
-    first, inverse = unique_rows(ctx, keys=all_seeds)  # same text and seed: the same image
-    batches.update(generate=per_gen, generations=len(first), generations_without_dedupe=ctx.shape[0])
+    first, inverse = unique_rows(ctx.flat(), keys=all_seeds)  # same text and seed: the same image
+    batches.update(generate=per_gen, generations=len(first), generations_without_dedupe=len(ctx))
     scores = []
     with bar(desc="trace text: faithful generations", total=len(first), unit="image", progress=s.progress) as pbar:
         for chunk in chunks(len(first), per_gen):

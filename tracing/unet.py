@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from workbench import Patch, Workbench
+from workbench import Conditioning, Patch, Workbench
 from workbench.progress import bar
 
 from . import checks
@@ -79,8 +79,8 @@ def trace_unet(wb: Workbench, prompt: str, subject: str, *, layers: str | Sequen
     pos = wb.subject_positions(prompt, subject)
     ids = wb.token_ids([prompt])
     clean_ctx, _ = wb.run_text(ids)
-    corrupt_ctx, _ = wb.run_text(ids.expand(s.samples, -1), patches=[
-        corruption(wb, pos, range(s.samples), k=s.noise, std=s.std, seed=s.seed)])
+    corrupt_ctx, _ = wb.run_text(ids.expand(s.samples, -1), patches=corruption(wb, pos, range(s.samples), k=s.noise,
+                                                                               std=s.std, seed=s.seed))
     run = _proxy if s.metric == "proxy" else _faithful
     batches: dict[str, int] = {}
     per, clean_value, corrupted_value, cols = run(wb, prompt, names, clean_ctx, corrupt_ctx, windows, s, scorer,
@@ -94,13 +94,13 @@ def trace_unet(wb: Workbench, prompt: str, subject: str, *, layers: str | Sequen
         seconds=time.perf_counter() - t0)
 
 
-def _proxy(wb: Workbench, prompt: str, names: list[str], clean_ctx: torch.Tensor, corrupt_ctx: torch.Tensor,
+def _proxy(wb: Workbench, prompt: str, names: list[str], clean_ctx: Conditioning, corrupt_ctx: Conditioning,
            windows: int, s: TraceSettings, scorer: Scorer | None,
            batches: dict[str, int]) -> tuple[torch.Tensor, float, float, list[str]]:
     """per[layer, window, draw, sample] noise-prediction restoration."""
     from workbench.memory import layer_bytes
 
-    samples, draws = corrupt_ctx.shape[0], s.draws
+    samples, draws = len(corrupt_ctx), s.draws
     ts = spread_timesteps(wb, windows, draws)
     flat_t = [t for w in ts for t in w]
     d_total = len(flat_t)
@@ -112,7 +112,7 @@ def _proxy(wb: Workbench, prompt: str, names: list[str], clean_ctx: torch.Tensor
     e_clean, reads = [], {name: [] for name in names}
     for chunk in chunks(d_total, per_clean):
         e, saved = wb.run_unet(x_t[chunk.start:chunk.stop], t[chunk.start:chunk.stop],
-                               clean_ctx.expand(len(chunk), -1, -1), read=names)
+                               clean_ctx.expand(len(chunk)), read=names)
         e_clean.append(e)
         for name in names:
             reads[name].append(saved[name])
@@ -148,7 +148,7 @@ def _proxy(wb: Workbench, prompt: str, names: list[str], clean_ctx: torch.Tensor
     return per[1:], 1.0, 0.0, cols
 
 
-def _faithful(wb: Workbench, prompt: str, names: list[str], clean_ctx: torch.Tensor, corrupt_ctx: torch.Tensor,
+def _faithful(wb: Workbench, prompt: str, names: list[str], clean_ctx: Conditioning, corrupt_ctx: Conditioning,
               windows: int, s: TraceSettings, scorer: Scorer | None,
               batches: dict[str, int]) -> tuple[torch.Tensor, float, float, list[str]]:
     """per[layer, window, sample] normalised concept-score restoration.
@@ -159,7 +159,7 @@ def _faithful(wb: Workbench, prompt: str, names: list[str], clean_ctx: torch.Ten
 
     from .text import _scores
 
-    samples = corrupt_ctx.shape[0]
+    samples = len(corrupt_ctx)
     seeds = [s.seed + i for i in range(samples)]
     gen_settings = dict(steps=s.steps, guidance=s.guidance, progress=s.progress)
     wins = step_windows(s.steps, windows)
@@ -172,7 +172,7 @@ def _faithful(wb: Workbench, prompt: str, names: list[str], clean_ctx: torch.Ten
     with bar(desc="trace unet: faithful generations", total=total, unit="image", progress=s.progress) as pbar:
         for s0 in range(0, samples, group):
             gs = min(group, samples - s0)
-            clean = wb.generate([prompt] * gs, seeds[s0:s0 + gs], context=clean_ctx.expand(gs, -1, -1), read=names,
+            clean = wb.generate([prompt] * gs, seeds[s0:s0 + gs], context=clean_ctx.expand(gs), read=names,
                                 **gen_settings)
             clean_scores[s0:s0 + gs] = _scores(scorer, clean.images, gs)
             per_gen = batch_rows(wb, "generate", s.batch_size)

@@ -1,7 +1,8 @@
 """Stable dotted names for every hookable module, with its kind, in execution order.
 
 A layer name is the module path exactly as the installed library names it, prefixed with the part it
-lives in: ``text.encoder.layers.0.self_attn`` or
+lives in: ``text.encoder.layers.0.self_attn``, ``text2.text_model.encoder.layers.0.self_attn`` (SDXL's second
+encoder, a ``CLIPTextModelWithProjection``, keeps transformers' ``text_model`` level) or
 ``unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2``. One table per architecture maps module
 paths to kinds; selection is by kind and by glob (``unet.*.attn2``).
 """
@@ -16,17 +17,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# CLIP text encoder (transformers 5 layout: no ``text_model`` level inside CLIPTextModel).
+# CLIP text encoders (transformers 5: no ``text_model`` level inside CLIPTextModel, one inside
+# CLIPTextModelWithProjection).
+_TM = r"(text_model\.)?"
 TEXT_SITES: dict[str, str] = {
-    "token_embedding": r"embeddings\.token_embedding",
-    "position_embedding": r"embeddings\.position_embedding",
-    "embeddings": r"embeddings",
-    "self_attn": r"encoder\.layers\.\d+\.self_attn",
-    "out_proj": r"encoder\.layers\.\d+\.self_attn\.out_proj",
-    "mlp": r"encoder\.layers\.\d+\.mlp",
-    "fc2": r"encoder\.layers\.\d+\.mlp\.fc2",
-    "hidden": r"encoder\.layers\.\d+",
-    "final_layer_norm": r"final_layer_norm",
+    "token_embedding": _TM + r"embeddings\.token_embedding",
+    "position_embedding": _TM + r"embeddings\.position_embedding",
+    "embeddings": _TM + r"embeddings",
+    "self_attn": _TM + r"encoder\.layers\.\d+\.self_attn",
+    "out_proj": _TM + r"encoder\.layers\.\d+\.self_attn\.out_proj",
+    "mlp": _TM + r"encoder\.layers\.\d+\.mlp",
+    "fc2": _TM + r"encoder\.layers\.\d+\.mlp\.fc2",
+    "hidden": _TM + r"encoder\.layers\.\d+",
+    "final_layer_norm": _TM + r"final_layer_norm",
+    "pooled": r"text_projection",  # the projected end-of-text state: SDXL's pooled text embedding
 }
 
 # diffusers UNet2DConditionModel.
@@ -41,9 +45,16 @@ UNET_SITES: dict[str, str] = {
     "transformer": r"(down_blocks|up_blocks)\.\d+\.attentions\.\d+|mid_block\.attentions\.\d+",
     "block": r"down_blocks\.\d+|mid_block|up_blocks\.\d+",
     "conv_out": r"conv_out",
+    "time_embedding": r"time_embedding",
+    # SDXL's added embedding: pooled text + time ids, added to the time embedding (no cross-attention)
+    "add_embedding": r"add_embedding",
+    "add_proj": r"add_embedding\.linear_1",
 }
 
-PARTS = {"text": TEXT_SITES, "unet": UNET_SITES}
+
+def sites(part: str) -> dict[str, str]:
+    """The site table of a part: the UNet's, or the text encoders' (``text``, ``text2``, ...)."""
+    return UNET_SITES if part == "unet" else TEXT_SITES
 
 
 @dataclass(frozen=True)
@@ -52,15 +63,15 @@ class Layer:
 
     name: str
     kind: str
-    part: str  # "text" or "unet"
+    part: str  # "text", "text2" (a second text encoder) or "unet"
     path: str  # module path inside the part
     order: int  # rank of the moment its forward finishes (when .output is served)
     start: int = -1  # rank of the moment its forward starts (when .input is served)
 
 
 def site_kind(part: str, path: str) -> str | None:
-    """The kind of the module at ``path`` inside ``part`` ("text" / "unet"), or None if not a site."""
-    for kind, pattern in PARTS[part].items():
+    """The kind of the module at ``path`` inside ``part``, or None if not a site."""
+    for kind, pattern in sites(part).items():
         if re.fullmatch(pattern, path):
             return kind
     return None

@@ -80,12 +80,15 @@ def _unfused_self_attention(wb) -> bool:
 
 
 def text_row_bytes(wb, dtype: torch.dtype | None = None) -> int:
-    """Peak bytes one batch row adds to a no-grad text-encoder forward (a prompt of ``wb.max_length`` tokens)."""
-    c = wb.text_encoder.config
+    """Peak bytes one batch row adds to a no-grad text-encoder forward (a prompt of ``wb.max_length`` tokens),
+    summed over the model's text encoders (they run one after the other, but their outputs are all kept)."""
     t = wb.max_length
     size = _size(dtype or wb.dtype)
     inter, hidden = TEXT_FACTORS
-    elements = t * (inter * c.intermediate_size + hidden * c.hidden_size) + 3 * c.num_attention_heads * t * t
+    elements = 0
+    for encoder in getattr(wb, "text_encoders", {"text": wb.text_encoder}).values():
+        c = encoder.config
+        elements += t * (inter * c.intermediate_size + hidden * c.hidden_size) + 3 * c.num_attention_heads * t * t
     return int(elements * size * MARGIN)
 
 
@@ -249,7 +252,7 @@ def layer_bytes(wb, names: list[str] | tuple[str, ...]) -> dict[str, int]:
         found = []
         for side in (small, 2 * small):
             x = torch.zeros(1, c.in_channels, side, side, device=wb.device, dtype=wb.dtype)
-            ctx = torch.zeros(1, wb.max_length, c.cross_attention_dim, device=wb.device, dtype=wb.dtype)
+            ctx = wb.family.dummy_conditioning(wb, wb.max_length)
             _, saved = wb.run_unet(x, torch.tensor([1], device=wb.device), ctx, read=list(names))
             found.append({n: saved[n].numel() * saved[n].element_size() for n in names})
         _, h, w = wb.latent_shape

@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,9 @@ from nnsight import NNsight
 from torch import nn
 
 from . import autoencoder as ae
+from . import families
 from .checks import finite, whole
+from .conditioning import Conditioning
 from .files import PACKAGE_DATA, atomic_dir
 from .layers import Layer, build_table, execution_order, select
 from .progress import bar
@@ -34,9 +35,8 @@ from .world import World
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TOY_DIR = Path(__file__).parent / "toy" / "weights"
-ARCHES = ("tiny", "sd15", "sd21")
+ARCHES = {"tiny": "sd", "sd15": "sd", "sd21": "sd", "sdxl": "sdxl", "tiny-xl": "sdxl"}  # config -> family
 TOY_WORLDS = {"base": "toy", "entities": "toy-entities"}  # world -> model name
-REQUIRED_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
 INPUT = ":input"
 
 PatchValue = torch.Tensor | float | Callable[[torch.Tensor], torch.Tensor] | Mapping[int, torch.Tensor]
@@ -118,21 +118,35 @@ def _write(out: Any, patch: Patch, rows=None, step: int | None = None) -> None:
 
 
 class Workbench:
-    """A Stable-Diffusion-shaped model with every layer addressable by name.
+    """A text-to-image diffusion model with every layer addressable by name.
 
     Build one with :meth:`from_pretrained` (a local diffusers folder or single file), :meth:`random`
-    (``tiny`` / ``sd15`` / ``sd21`` shapes, random weights) or :meth:`toy` (the shipped toy world).
+    (``tiny`` / ``sd15`` / ``sd21`` / ``sdxl`` / ``tiny-xl`` shapes, random weights) or :meth:`toy` (the
+    shipped toy world). ``family`` is the adapter that knows the model's text encoders and conditioning
+    (:mod:`workbench.families`); ``text_encoder`` and ``tokenizer`` are one module each, or a mapping
+    part name -> module for families with several (SDXL: ``text`` and ``text2``).
     """
 
-    def __init__(self, unet: nn.Module, text_encoder: nn.Module, tokenizer, scheduler,
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module | Mapping[str, nn.Module], tokenizer, scheduler,
                  autoencoder: ae.Autoencoder | None = None, *, name: str = "model",
                  defaults: dict | None = None, source: str | None = None, text_key_prefix: str = "",
                  vae: nn.Module | None = None, scheduler_config: Mapping[str, Any] | None = None,
                  extra: Mapping[str, Any] | None = None, read_paths: Sequence[str | os.PathLike] | None = None,
-                 world: World | None = None):
+                 world: World | None = None, family: families.StableDiffusion | None = None):
+        self.family = family or families.StableDiffusion()
+        names = [p.part for p in self.family.text]
+        encoders = dict(text_encoder) if isinstance(text_encoder, Mapping) else {names[0]: text_encoder}
+        tokenizers = dict(tokenizer) if isinstance(tokenizer, Mapping) else {names[0]: tokenizer}
+        for what, given in (("text encoders", encoders), ("tokenizers", tokenizers)):
+            if list(given) != names:
+                raise ValueError(f"a {self.family.name} model takes {what} for {', '.join(names)}; got "
+                                 f"{', '.join(given) or 'none'}")
+        self.text_encoders: dict[str, nn.Module] = {part: m.eval() for part, m in encoders.items()}
+        self.tokenizers = tokenizers
+        _check_tokenizers(self.tokenizers)
         self.unet = unet.eval()
-        self.text_encoder = text_encoder.eval()
-        self.tokenizer = tokenizer
+        self.text_encoder = self.text_encoders[names[0]]  # the primary encoder and tokenizer
+        self.tokenizer = self.tokenizers[names[0]]
         self.scheduler = scheduler
         self.vae = vae
         self.autoencoder = autoencoder or (ae.KLAutoencoder(vae) if vae is not None else ae.PixelSpace())
@@ -147,7 +161,7 @@ class Workbench:
         local = [Path(source)] if source and Path(source).exists() else []
         self._read_paths = [Path(p) for p in (read_paths if read_paths is not None else local)]
         self.defaults = {"guidance": 7.5, "steps": 50, **(defaults or {})}
-        self.parts: dict[str, nn.Module] = {"text": self.text_encoder, "unet": self.unet}
+        self.parts: dict[str, nn.Module] = {**self.text_encoders, "unet": self.unet}
         self._nn = {part: NNsight(module) for part, module in self.parts.items()}
         self._table: list[Layer] | None = None
         self._fingerprint: str | None = None
@@ -181,15 +195,14 @@ class Workbench:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
                         config: str | os.PathLike | None = None) -> Workbench:
-        """Load a local diffusers Stable Diffusion folder, or a single ``.safetensors`` checkpoint.
+        """Load a local diffusers folder (SD-1.x/2.x or SDXL), or a single ``.safetensors`` checkpoint.
 
         Never touches the network and never unpickles: weights load from safetensors only. A folder missing
         weights, holding broken or non-finite ones, or whose configs are unreadable, is refused with the file
         named. A single file needs ``config``: a local diffusers folder holding the model's configs
-        (diffusers cannot infer them offline).
+        (diffusers cannot infer them offline); that folder also says the family.
         """
         from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel
 
         path = Path(path)
         if not path.exists():
@@ -198,15 +211,16 @@ class Workbench:
             return cls._from_single_file(path, config=config, device=device, dtype=dtype)
         if config is not None:
             raise ValueError(f"--config goes with a single .safetensors file; {str(path)!r} is a folder")
-        missing = [p for p in REQUIRED_PARTS if not (path / p).is_dir()]
+        family = families.detect(path)
+        missing = [p for p in family.required if not (path / p).is_dir()]
         if missing:
             raise FileNotFoundError(
-                f"{str(path)!r} is not a diffusers Stable Diffusion folder: missing subfolder(s) "
-                f"{', '.join(missing)} (expected {', '.join(REQUIRED_PARTS)}, optionally vae)")
+                f"{str(path)!r} is not a diffusers {family.pipelines[0]} folder: missing subfolder(s) "
+                f"{', '.join(missing)} (expected {', '.join(family.required)}, optionally vae)")
         unet = _load_weights(UNet2DConditionModel, path / "unet")
-        text_encoder = _load_weights(CLIPTextModel, path / "text_encoder")
+        encoders = {p.part: _load_weights(_text_class(p.model_class), path / p.encoder) for p in family.text}
+        tokenizers = {p.part: _load_tokenizer(path / p.tokenizer) for p in family.text}
         vae = _load_weights(AutoencoderKL, path / "vae") if (path / "vae").is_dir() else None
-        tokenizer = _load_tokenizer(path / "tokenizer")
         scheduler_config = _read_json(path / "scheduler" / "scheduler_config.json", "scheduler config")
         extra = _read_json(path / "workbench.json", "workbench settings") if (path / "workbench.json").exists() else {}
         try:
@@ -214,16 +228,14 @@ class Workbench:
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{str(path / 'workbench.json')!r}: unreadable autoencoder entry "
                              f"{extra.get('autoencoder')!r} ({err})") from err
-        wb = cls(unet, text_encoder, tokenizer, _sampling_scheduler(scheduler_config, path), autoencoder,
+        wb = cls(unet, encoders, tokenizers, _sampling_scheduler(scheduler_config, path), autoencoder,
                  name=str(extra.get("name", path.name)), defaults=_defaults(extra, path / "workbench.json"),
-                 source=str(path), text_key_prefix=_text_key_prefix(path / "text_encoder"), vae=vae,
-                 scheduler_config=scheduler_config, extra=extra)
+                 source=str(path), text_key_prefix=_text_key_prefix(path / family.text[0].encoder), vae=vae,
+                 scheduler_config=scheduler_config, extra=extra, family=family)
         return wb.to(device, dtype)
 
     @classmethod
     def _from_single_file(cls, path: Path, *, config, device, dtype) -> Workbench:
-        from diffusers import StableDiffusionPipeline
-
         if path.suffix != ".safetensors":
             raise ValueError(f"{str(path)!r}: only .safetensors single-file checkpoints load (pickled "
                              f"checkpoints such as .ckpt can run code when read); convert it first")
@@ -233,49 +245,57 @@ class Workbench:
                              f"diffusers cannot infer them")
         if not Path(config).is_dir():
             raise FileNotFoundError(f"config folder {str(config)!r} for {str(path)!r} does not exist")
+        family = families.detect(Path(config))
         _check_safetensors(path)
         try:
-            pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
-                                                            safety_checker=None)
+            with _quiet_libraries():
+                pipe = family.pipeline_class().from_single_file(str(path), config=str(config),
+                                                                local_files_only=True, **family.single_file_kwargs())
         except Exception as err:  # diffusers raises many types here; each is a bad file or config to the user
             raise ValueError(f"cannot load {str(path)!r} with the configs in {str(config)!r}: "
                              f"{_first_line(err)}") from err
         scheduler_config = dict(pipe.scheduler.config)
-        wb = cls(pipe.unet, pipe.text_encoder, pipe.tokenizer, _sampling_scheduler(scheduler_config, path),
-                 vae=pipe.vae, name=path.stem, source=str(path), text_key_prefix="text_model.",
-                 scheduler_config=scheduler_config, read_paths=[path, Path(config)])
+        wb = cls(pipe.unet, {p.part: getattr(pipe, p.encoder) for p in family.text},
+                 {p.part: getattr(pipe, p.tokenizer) for p in family.text},
+                 _sampling_scheduler(scheduler_config, path), vae=pipe.vae, name=path.stem, source=str(path),
+                 text_key_prefix="text_model.", scheduler_config=scheduler_config, read_paths=[path, Path(config)],
+                 family=family)
         _check_finite(wb.parts.items(), path)
         return wb.to(device, dtype)
 
     @classmethod
     def random(cls, arch: str = "tiny", seed: int = 0, *, sample_size: int | None = None, vae: bool = True,
                device: str = "cpu", dtype: torch.dtype = torch.float32) -> Workbench:
-        """Randomly initialised model from the SD-1.5 / SD-2.1 / tiny configs the repo carries.
+        """Randomly initialised model from the configs the repo carries: SD-1.5 / SD-2.1 / SDXL-base shapes,
+        or the tiny SD (``tiny``) and tiny SDXL-topology (``tiny-xl``) ones for tests.
 
-        ``sample_size`` shrinks the default latent side (the weights do not depend on it).
+        ``sample_size`` shrinks the default latent side (the weights do not depend on it). ``device="meta"``
+        builds the modules without allocating weights: enough for the layer table of a full-size model.
         """
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel
 
         if arch not in ARCHES:
             raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHES)}")
-        cfg = {p: json.loads((CONFIG_DIR / arch / f"{p}.json").read_text())
-               for p in ("unet", "text_encoder", "scheduler", "vae")}
-        tokenizer = load_builtin_tokenizer(cfg["text_encoder"]["max_position_embeddings"])
-        text_cfg = {k: v for k, v in cfg["text_encoder"].items() if k not in ("architectures", "model_type")}
-        text_cfg.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+        family = families.FAMILIES[ARCHES[arch]]()
+        folder = CONFIG_DIR / arch
+        cfg = {p: json.loads((folder / f"{p}.json").read_text()) for p in ("unet", "scheduler", "vae")}
+        text_cfgs = {p.part: json.loads((folder / f"{p.encoder}.json").read_text()) for p in family.text}
+        tokenizers = {p.part: load_builtin_tokenizer(text_cfgs[p.part]["max_position_embeddings"],
+                                                     pad=text_cfgs[p.part].get("pad_token"))
+                      for p in family.text}
         if sample_size is not None:
             cfg["unet"]["sample_size"] = sample_size
-        with torch.random.fork_rng(devices=[]):
+        meta = torch.device(device).type == "meta"
+        with torch.random.fork_rng(devices=[]), torch.device("meta") if meta else contextlib.nullcontext():
             torch.manual_seed(seed)
             unet = UNet2DConditionModel.from_config(cfg["unet"])
-            text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
+            encoders = {p.part: _text_model(p.model_class, text_cfgs[p.part], tokenizers[p.part]) for p in family.text}
             kl = AutoencoderKL.from_config(cfg["vae"]) if vae else None
         scheduler = DDIMScheduler.from_config(cfg["scheduler"])
-        wb = cls(unet, text_encoder, tokenizer, scheduler, vae=kl, name=f"random-{arch}-seed{seed}",
-                 source=f"random:{arch}:{seed}", defaults={"steps": 20}, scheduler_config=cfg["scheduler"])
-        return wb.to(device, dtype)
+        wb = cls(unet, encoders, tokenizers, scheduler, vae=kl, name=f"random-{arch}-seed{seed}",
+                 source=f"random:{arch}:{seed}", defaults={"steps": 20}, scheduler_config=cfg["scheduler"],
+                 family=family)
+        return wb if meta else wb.to(device, dtype)
 
     @classmethod
     def toy(cls, world: str = "base", *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Workbench:
@@ -349,7 +369,7 @@ class Workbench:
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Workbench:
         if torch.device(device or self.device) == self.device and (dtype or self.dtype) == self.dtype:
             return self  # a no-op .to() on diffusers models only prints a dtype warning
-        for module in (self.unet, self.text_encoder, self.vae):
+        for module in (*self.parts.values(), self.vae):
             if module is not None:
                 module.to(device=device, dtype=dtype)
         return self
@@ -365,22 +385,31 @@ class Workbench:
     # ------------------------------------------------------------------ layers
     def _layer_table(self) -> list[Layer]:
         if self._table is None:
-            text_order = execution_order(self.text_encoder, lambda: self.text_encoder(self._dummy_ids()))
-            unet_order = execution_order(self.unet, lambda: self.unet(*self._dummy_unet_inputs()))
-            self._table = build_table("text", self.text_encoder, text_order) + build_table(
-                "unet", self.unet, unet_order)
+            table = []
+            for part in self.text_parts:
+                module = self.parts[part]
+                ids = self.family.part_ids(self, part, self._dummy_ids())
+                order = execution_order(module, lambda m=module, i=ids, p=part: m(i, **self.family.text_kwargs(p)))
+                table += build_table(part, module, order)
+            x, t, cond = self._dummy_unet_inputs()
+            order = execution_order(self.unet, lambda: self.unet(x, t, **self.family.unet_kwargs(cond)))
+            self._table = table + build_table("unet", self.unet, order)
         return self._table
 
     def _dummy_ids(self) -> torch.Tensor:
         tok = self.tokenizer
         return torch.tensor([[tok.bos_token_id, tok.eos_token_id]], device=self.device)
 
-    def _dummy_unet_inputs(self) -> tuple:
+    def _dummy_unet_inputs(self) -> tuple[torch.Tensor, torch.Tensor, Conditioning]:
         c = self.unet.config
         side = 2 ** len(c.down_block_types)  # 2×2 at the bottom: GroupNorm needs > 1 value
         x = torch.zeros(1, c.in_channels, side, side, device=self.device, dtype=self.dtype)
-        ctx = torch.zeros(1, 2, c.cross_attention_dim, device=self.device, dtype=self.dtype)
-        return x, torch.tensor([1], device=self.device), ctx
+        return x, torch.tensor([1], device=self.device), self.family.dummy_conditioning(self)
+
+    @property
+    def text_parts(self) -> tuple[str, ...]:
+        """The text encoders' part names, primary first: ``("text",)``, or ``("text", "text2")`` for SDXL."""
+        return tuple(self.text_encoders)
 
     def layers(self, kind: str | Sequence[str] | None = None, pattern: str | None = None,
                part: str | None = None) -> list[str]:
@@ -391,7 +420,7 @@ class Workbench:
             if k not in kinds:
                 raise ValueError(f"unknown layer kind {k!r}; this model has kinds: {', '.join(sorted(kinds))}")
         if part is not None and part not in self.parts:
-            raise ValueError(f"unknown part {part!r}; expected 'text' or 'unet'")
+            raise ValueError(f"unknown part {part!r}; this model has parts {', '.join(self.parts)}")
         return [layer.name for layer in select(table, kind, pattern) if part in (None, layer.part)]
 
     def layer(self, name: str) -> Layer:
@@ -412,7 +441,8 @@ class Workbench:
         """A parameter by its prefixed name, e.g. ``unet.mid_block.attentions.0....attn2.to_k.weight``."""
         part, _, path = name.partition(".")
         if part not in self.parts:
-            raise KeyError(f"parameter name {name!r} must start with 'text.' or 'unet.'")
+            raise KeyError(f"parameter name {name!r} must start with one of "
+                           f"{', '.join(p + '.' for p in self.parts)}")
         try:
             return self.parts[part].get_parameter(path)
         except AttributeError as err:
@@ -486,8 +516,17 @@ class Workbench:
                          f"{self.tokenizer.convert_ids_to_tokens(sub)})")
 
     def encode(self, prompts: str | Sequence[str], patches: Sequence[Patch] = ()) -> torch.Tensor:
-        """Text-encoder states (B, T, D) the UNet cross-attends to."""
+        """Text states (B, T, D) the UNet cross-attends to (SDXL: both encoders' side by side)."""
+        return self.conditioning(prompts, patches).states
+
+    def conditioning(self, prompts: str | Sequence[str], patches: Sequence[Patch] = ()) -> Conditioning:
+        """Everything the denoiser reads for each prompt: the states, and the pooled embedding and time ids
+        where the family has them."""
         return self.run_text(self.token_ids(prompts), patches=patches)[0]
+
+    def unconditional(self, n: int, negative_prompt: str = "", patches: Sequence[Patch] = ()) -> Conditioning:
+        """The classifier-free-guidance rows for ``negative_prompt`` (SDXL-base: all zeros for ``""``)."""
+        return self.family.unconditional(self, negative_prompt, n, patches)
 
     # ------------------------------------------------------------------ interventions
     def _run(self, part: str, args: tuple, kwargs: dict, read: Sequence[str], patches: Sequence[Patch],
@@ -529,20 +568,36 @@ class Workbench:
 
     def run_text(self, input_ids: torch.Tensor, read: Sequence[str] = (), patches: Sequence[Patch] = (), *,
                  grad: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Text-encoder forward; returns (last hidden states (B, T, D), {layer: output read}).
+        """Every text encoder's forward; returns (the :class:`Conditioning` they make, {layer: output read}).
+
+        ``input_ids`` are the primary tokenizer's (:meth:`token_ids`); the family maps them to each encoder's.
 
         A read named ``"<layer>:input"`` returns that module's first input instead of its output. With
         ``grad=True`` the forward carries gradients: to a patch's value (a tensor that requires grad, or a
         function of one) and on through everything downstream (e.g. the UNet), the weights staying frozen."""
-        out, saved = self._run("text", (input_ids.to(self.device),), {}, read, patches, grad=grad)
-        return out.last_hidden_state, saved
+        part_of = {name: self.layer(name.removesuffix(INPUT)).part for name in [*read, *(p.layer for p in patches)]}
+        for name, part in part_of.items():
+            if part not in self.text_parts:
+                raise ValueError(f"layer {name!r} is in the {part} part, not in a text encoder "
+                                 f"({', '.join(self.text_parts)})")
+        input_ids = input_ids.to(self.device)
+        outputs, saved = {}, {}
+        for part in self.text_parts:
+            outputs[part], got = self._run(part, (self.family.part_ids(self, part, input_ids),),
+                                           self.family.text_kwargs(part),
+                                           [n for n in read if part_of[n] == part],
+                                           [p for p in patches if part_of[p.layer] == part], grad=grad)
+            saved.update(got)
+        return self.family.conditioning(self, outputs), saved
 
-    def run_unet(self, latents: torch.Tensor, timestep: torch.Tensor | int, context: torch.Tensor,
+    def run_unet(self, latents: torch.Tensor, timestep: torch.Tensor | int, context: Conditioning | torch.Tensor,
                  read: Sequence[str] = (), patches: Sequence[Patch] = ()
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """UNet forward; returns (model output (B, C, h, w), {layer: output read})."""
+        """UNet forward; returns (model output (B, C, h, w), {layer: output read}). ``context`` is a
+        :class:`Conditioning` (a plain tensor of states is taken for families that read nothing else)."""
         t = torch.as_tensor(timestep, device=self.device)
-        out, saved = self._run("unet", (latents, t), {"encoder_hidden_states": context}, read, patches)
+        kwargs = self.family.unet_kwargs(_conditioning(context))
+        out, saved = self._run("unet", (latents, t), kwargs, read, patches)
         return _primary(out), saved
 
     # ------------------------------------------------------------------ sampling
@@ -559,7 +614,8 @@ class Workbench:
 
     def generate(self, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, *, steps: int | None = None,
                  guidance: float | None = None, negative_prompt: str = "", patches: Sequence[Patch] = (),
-                 text_patches: Sequence[Patch] = (), read: Sequence[str] = (), context: torch.Tensor | None = None,
+                 text_patches: Sequence[Patch] = (), read: Sequence[str] = (),
+                 context: Conditioning | torch.Tensor | None = None,
                  progress: bool = False, step_bar=None, decode: bool = True) -> Generation:
         """Deterministic DDIM sampling, batched, with optional reads and patches.
 
@@ -577,14 +633,16 @@ class Workbench:
         guidance = finite("guidance", self.defaults["guidance"] if guidance is None else guidance)
         if not isinstance(negative_prompt, str):
             raise TypeError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
-        if context is not None and (context.shape[0] != n or not torch.isfinite(context).all()):
-            raise ValueError(f"context must be {n} finite rows, one per prompt; got shape {tuple(context.shape)}")
-        cond = context if context is not None else self.encode(prompts, patches=text_patches)
+        if context is not None:
+            context = _conditioning(context)
+            if len(context) != n or not context.isfinite():
+                raise ValueError(f"context must be {n} finite rows, one per prompt; got {len(context)} rows of "
+                                 f"states {tuple(context.states.shape)}")
+        cond = context if context is not None else self.conditioning(prompts, patches=text_patches)
         use_cfg = guidance != 1.0
         if use_cfg:
-            uncond_patches = [p for p in text_patches if p.uncond]
-            uncond = self.encode([negative_prompt] * n, patches=uncond_patches)
-            ctx = torch.cat([uncond, cond])
+            uncond = self.unconditional(n, negative_prompt, [p for p in text_patches if p.uncond])
+            ctx = Conditioning.cat([uncond, cond])
         else:
             ctx = cond
         scheduler = copy.deepcopy(self.scheduler)
@@ -602,7 +660,7 @@ class Workbench:
         for i, t in enumerate(scheduler.timesteps):
             active = [p for p in patches if p.steps is None or i in p.steps]
             x_in = scheduler.scale_model_input(torch.cat([x, x]) if use_cfg else x, t)
-            out, saved = self._run("unet", (x_in, t), {"encoder_hidden_states": ctx}, read, active, rows_of, i)
+            out, saved = self._run("unet", (x_in, t), self.family.unet_kwargs(ctx), read, active, rows_of, i)
             pred = _primary(out)
             for name in read:
                 reads[name].append(saved[name][offset:])
@@ -656,7 +714,8 @@ class Workbench:
         return self._fingerprint
 
     def save_pretrained(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write a diffusers folder that a plain ``StableDiffusionPipeline.from_pretrained`` loads.
+        """Write a diffusers folder that the family's plain pipeline (``StableDiffusionPipeline``,
+        ``StableDiffusionXLPipeline``) loads with ``from_pretrained``.
 
         Built in a temporary folder and swapped into place, so a failure leaves nothing half-written. The
         text encoder keeps the key layout its source checkpoint had (transformers-4 ``text_model.`` keys
@@ -664,22 +723,14 @@ class Workbench:
         replaced, but never a folder holding anything else, nor one that is, holds or lies inside what this
         model was read from (:meth:`read_paths`).
         """
-        from diffusers import StableDiffusionPipeline
-
         def fill(tmp: Path) -> None:
-            # The pipeline "fixes" clip_sample/steps_offset on the scheduler it is given: give it a copy.
-            with warnings.catch_warnings():  # its deprecation notes concern that copy, not the export
-                warnings.simplefilter("ignore", FutureWarning)
-                pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder,
-                                               tokenizer=self.tokenizer, unet=self.unet,
-                                               scheduler=copy.deepcopy(self.scheduler), safety_checker=None,
-                                               feature_extractor=None, requires_safety_checker=False)
+            pipe = self.family.pipeline(self)
             with _quiet_libraries():
                 pipe.save_pretrained(tmp, safe_serialization=True)
             config = {"_class_name": type(self.scheduler).__name__, **self.scheduler_config}
             (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2, default=str))
             if self.text_key_prefix:
-                _rewrite_text_keys(tmp / "text_encoder", self.text_key_prefix)
+                _rewrite_text_keys(tmp / self.family.text[0].encoder, self.text_key_prefix)
             extra = {**self.extra, "name": self.name, "autoencoder": self.autoencoder.spec, **self.defaults}
             (tmp / "workbench.json").write_text(json.dumps(extra, indent=2))
 
@@ -690,17 +741,56 @@ class Workbench:
         return f"Workbench({self.name!r}, {n / 1e6:.1f}M parameters, autoencoder={self.autoencoder.spec['type']})"
 
 
+def _conditioning(context: Conditioning | torch.Tensor) -> Conditioning:
+    if isinstance(context, Conditioning):
+        return context
+    if isinstance(context, torch.Tensor):
+        return Conditioning(context)
+    raise TypeError(f"context must be a Conditioning (Workbench.encode) or a tensor of text states, got "
+                    f"{type(context).__name__}")
+
+
 def tensor_bytes(t: torch.Tensor) -> bytes:
     t = t.detach().cpu().contiguous()
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
-def load_builtin_tokenizer(max_length: int = 77):
-    """The small CLIP-layout BPE tokenizer the repo ships (random-weight models use it)."""
+def load_builtin_tokenizer(max_length: int = 77, pad: str | None = None):
+    """The small CLIP-layout BPE tokenizer the repo ships (random-weight models use it); ``pad`` replaces its
+    padding token (SDXL's second tokenizer pads with ``!``)."""
     from transformers import CLIPTokenizer
 
     d = CONFIG_DIR / "tokenizer"
-    return CLIPTokenizer(vocab=str(d / "vocab.json"), merges=str(d / "merges.txt"), model_max_length=max_length)
+    kw = {"pad_token": pad} if pad else {}
+    return CLIPTokenizer(vocab=str(d / "vocab.json"), merges=str(d / "merges.txt"), model_max_length=max_length,
+                         **kw)
+
+
+def _text_class(name: str):
+    import transformers
+
+    return getattr(transformers, name)
+
+
+def _text_model(class_name: str, cfg: Mapping[str, Any], tokenizer) -> nn.Module:
+    """A randomly initialised text encoder from a config the repo carries, its special ids the tokenizer's."""
+    from transformers import CLIPTextConfig
+
+    fields = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type", "pad_token")}
+    fields.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+    return _text_class(class_name)(CLIPTextConfig(**fields))
+
+
+def _check_tokenizers(tokenizers: Mapping[str, Any]) -> None:
+    """Token positions are shared across a family's text encoders: their tokenizers must agree on every id
+    but the padding."""
+    first, *rest = tokenizers.items()
+    for part, tok in rest:
+        if len(tok) != len(first[1]) or tok.get_vocab() != first[1].get_vocab() or any(
+                getattr(tok, k) != getattr(first[1], k) for k in ("bos_token_id", "eos_token_id")):
+            raise ValueError(f"the {part} tokenizer has another vocabulary than the {first[0]} one; the workbench "
+                             f"needs tokenizers that differ only in padding (as SDXL's do)")
 
 
 def _is_word_level(tokenizer) -> bool:
