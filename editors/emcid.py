@@ -304,15 +304,18 @@ def fc2_layers(wb: Workbench, layers: Sequence[str] | None = None) -> list[str]:
     """The ``mlp.fc2`` layers to edit, in depth order.
 
     Accepts text-encoder block (``text.encoder.layers.i``), ``mlp`` or ``fc2`` names. None: the paper's
-    upper-middle range (layers 7-10 of 12) scaled to this encoder's depth.
+    upper-middle range (layers 7-10 of 12) scaled to each text encoder's depth (SDXL: in both encoders).
     """
     if layers is None:
-        all_fc2 = wb.layers("fc2")
-        lo, hi, depth = PAPER_RANGE
-        n = len(all_fc2)
-        start = min(n - 1, int(lo * n / depth + 0.5))
-        end = max(start, min(n - 1, int(hi * n / depth + 0.5)))
-        return all_fc2[start:end + 1]
+        out = []
+        for part in wb.text_parts:
+            all_fc2 = wb.layers("fc2", part=part)
+            lo, hi, depth = PAPER_RANGE
+            n = len(all_fc2)
+            start = min(n - 1, int(lo * n / depth + 0.5))
+            end = max(start, min(n - 1, int(hi * n / depth + 0.5)))
+            out += all_fc2[start:end + 1]
+        return out
     layers = _checks.layer_names("EMCID", layers)
     takes = "text-encoder layers: a block text.encoder.layers.i, its mlp or its mlp.fc2, e.g. wb.layers('fc2')"
     names = edit_targets([_checks.layer(wb, "EMCID", name, takes) for name in layers],
@@ -588,10 +591,18 @@ def edit(wb: Workbench, request: EMCIDRequest, layers: Sequence[str] | None = No
         if missing:
             raise ValueError(f"no preserve covariance for {missing} (have {sorted(covariance)})")
         corpus_name = "given covariance"
-    one = stage_one(wb, req, names[-1], progress=progress)
-    new = stage_two(wb, req, names, one.targets, covariance, progress=progress)
-    loss = one.losses.mean(1)
+    # Each text encoder is edited on its own (SDXL has two): stage I at its last edited block, stage II over its
+    # edited layers; the other encoder keeps its weights meanwhile.
+    new, ones = {}, []
+    for part in wb.text_parts:
+        own = [name for name in names if wb.layer(name).part == part]
+        if own:
+            ones.append(stage_one(wb, req, own[-1], progress=progress))
+            new.update(stage_two(wb, req, own, ones[-1].targets, covariance, progress=progress))
+    loss = torch.stack([one.losses.mean(1) for one in ones]).mean(0)
+    shift = torch.stack([(one.targets - one.initial).norm(dim=1).mean() for one in ones]).mean()
+    extra = {"stage_one_layers": [one.layer for one in ones]} if len(ones) > 1 else {}
     return WeightDelta.capture(wb, new, method="emcid", request=record(req), layers=names,
-                               stage_one_layer=one.layer, seed=req.seed, corpus=corpus_name,
+                               stage_one_layer=ones[-1].layer, seed=req.seed, corpus=corpus_name,
                                stage_one_loss={"first": loss[0].item(), "last": loss[-1].item()},
-                               shift_norm=(one.targets - one.initial).norm(dim=1).mean().item())
+                               shift_norm=shift.item(), **extra)
