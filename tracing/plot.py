@@ -43,7 +43,7 @@ def heatmap(result: TraceResult, ax=None, title: str | None = None):
                    vmax=vmax, aspect="auto", interpolation="nearest")
     labels = [c.replace("</w>", "") for c in result.cols]
     labels = [f"{c}*" if i in result.subject_cols else c for i, c in enumerate(labels)]
-    ax.set_xticks(range(len(labels)), labels, rotation=60 if result.part == "text" else 30, ha="right", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=60 if result.part != "unet" else 30, ha="right", fontsize=8)
     ax.set_yticks(range(len(result.rows)), [short_name(r) for r in result.rows], fontsize=8)
     for i in result.subject_cols:
         ax.get_xticklabels()[i].set_fontweight("bold")

@@ -36,7 +36,7 @@ class TraceResult:
     rows: list[str]
     row_kinds: list[str]  # the kind of each row's layer: embeddings, hidden, self_attn, mlp, attn2, resnet, ...
     cols: list[str]
-    part: str  # "text" or "unet"
+    part: str  # the text encoder traced ("text", SDXL also "text2") or "unet"
     kind: str  # layer kind traced (the rows' kind but for a hidden trace's embeddings row), or "mixed"
     prompt: str | list[str]
     subject: str | list[str]
@@ -79,7 +79,7 @@ class TraceResult:
         columns (the default of text traces that include padding positions), or ``mean`` over columns (UNet
         default). ``by=None`` takes ``rank_by``, the trace's own default.
         """
-        by = by or self.rank_by or ("last_subject" if self.part == "text" and self.subject_cols else "mean")
+        by = by or self.rank_by or ("last_subject" if self.part != "unet" and self.subject_cols else "mean")
         if by == "last_subject":
             if not self.subject_cols:
                 raise ValueError("this result has no subject columns; rank by 'max' or 'mean'")
@@ -127,7 +127,7 @@ class TraceResult:
         first = results[0]
         if any(r.rows != first.rows or r.part != first.part or r.metric != first.metric for r in results):
             raise ValueError("can only average traces of the same layers, part and metric")
-        grouped = [r.grouped() if r.part == "text" else r for r in results]
+        grouped = [r.grouped() if r.part != "unet" else r for r in results]
         if any(g.cols != grouped[0].cols for g in grouped):
             raise ValueError("can only average UNet traces with the same step windows")
         stack = torch.stack([g.scores for g in grouped])

@@ -76,7 +76,7 @@ def trace_text_encoder(wb: Workbench, prompt: str, subject: str, *, kind: str = 
     return TraceResult(
         scores=per[1:].mean(1).view(len(rows), len(cols)),
         spread=per[1:].std(1).view(len(rows), len(cols)) if s.samples > 1 else None,
-        rows=rows, row_kinds=[wb.layer(r).kind for r in rows], cols=[labels[t] for t in cols], part="text",
+        rows=rows, row_kinds=[wb.layer(r).kind for r in rows], cols=[labels[t] for t in cols], part=part,
         kind=kind, prompt=prompt, subject=subject, subject_cols=[cols.index(p) for p in pos if p in cols],
         clean=clean_value, corrupted=corrupted_value, settings=s, window=window, positions=cols,
         subject_positions=pos, real_tokens=n_real,

@@ -15,15 +15,16 @@ from ..checks import arg_int as _int
 TRACE_SETTINGS = ("metric", "samples", "noise", "std", "seed", "draws", "steps", "guidance", "batch_size")
 SCORER_HELP = ("toy (the toy world's classifier; the default there), toy-clip, clip:PATH[:contrast,...], "
                "nudenet[:THRESHOLD[:CLASS,...]] or classifier:PATH[:LABELS_FILE]")
-MODEL_HELP = ("toy, toy-entities (the toy worlds), tiny, sd15, sd21 (random weights) or a local diffusers folder / "
+MODEL_HELP = ("toy, toy-entities (the toy worlds), tiny, sd15, sd21, tiny-xl, sdxl (random weights) or a local diffusers "
+              "(SD or SDXL) folder / "
               ".safetensors file")
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, **kw):
     from ..model import Workbench
 
     return Workbench.load(args.model, config=getattr(args, "config", None),
-                          sample_size=getattr(args, "sample_size", None))
+                          sample_size=getattr(args, "sample_size", None), **kw)
 
 
 def _outputs(args: argparse.Namespace, wb, *paths: str | None) -> None:
@@ -43,7 +44,10 @@ def _output_dir(args: argparse.Namespace, wb, folder: str) -> None:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    wb = _load(args)
+    from ..model import ARCHES
+
+    # a random-weight model's table needs no weights: full SDXL shapes would take 14 GB on the CPU
+    wb = _load(args, device="meta") if args.model in ARCHES else _load(args)
     names = wb.layers(kind=args.kind, pattern=args.pattern)
     if not names:
         what = " and ".join(x for x in (args.kind and f"kind {args.kind!r}", args.pattern and
@@ -91,9 +95,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
         raise ValueError("--scorer is read by --metric faithful only (the proxy and text metrics score no image)")
     given = {name: getattr(args, name) for name in TRACE_SETTINGS if getattr(args, name, None) is not None}
     settings = TraceSettings(**given)  # every default lives in TraceSettings
-    if args.part == "text":
+    if args.part != "unet":
         result = trace_text_encoder(wb, args.prompt, args.subject, kind=args.kind, window=args.window,
-                                    tokens=args.tokens, settings=settings, scorer=scorer)
+                                    tokens=args.tokens, settings=settings, scorer=scorer, part=args.part)
     else:
         result = trace_unet(wb, args.prompt, args.subject, layers=args.layers, windows=args.windows,
                             settings=settings, scorer=scorer)
@@ -413,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("trace", "causal tracing: corrupt the subject, restore layers, write a heatmap", model, batch, write)
     p.add_argument("--prompt", required=True)
     p.add_argument("--subject", required=True, help="the words of the prompt to corrupt")
-    p.add_argument("--part", choices=["text", "unet"], default="text")
+    p.add_argument("--part", choices=["text", "text2", "unet"], default="text",
+                   help="a text encoder (text2: SDXL's second) or the UNet")
     p.add_argument("--metric", choices=["proxy", "text", "faithful"], help="default proxy")
     p.add_argument("--kind", default="hidden", help="text part: hidden, self_attn or mlp")
     p.add_argument("--window", type=_int(1), default=1, help="text part: layers restored together (self_attn/mlp)")
