@@ -78,3 +78,44 @@ def ridge_solve(w_old: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     if not torch.isfinite(new).all():
         raise ValueError(f"the solve produced NaN or inf: {singular}")
     return new.to(w_old.dtype)
+
+
+def ridge_map(keys: torch.Tensor, target_keys: torch.Tensor, preserve_keys: torch.Tensor | None = None, *,
+              lam: float = 0.5, edit_scale: float = 1.0, preserve_scale: float = 1.0) -> torch.Tensor:
+    """The (in × in) float64 map S with ``ridge_solve(W, keys, target_keys @ Wᵀ, preserve_keys) == W @ S`` for
+    every W: when each target is W_old applied to a target key (UCE's v* = W_old c_target), the solution is
+    W_old (s_e Σ c_t kᵀ + s_p Σ k_p k_pᵀ + λI)(s_e Σ k kᵀ + s_p Σ k_p k_pᵀ + λI)⁻¹. One solve then serves every
+    projection that reads the same keys (all of a UNet's to_k/to_v) instead of one per projection."""
+    if keys.ndim != 2 or target_keys.shape != keys.shape:
+        raise ValueError(f"keys and target_keys must both be (n × in); got {tuple(keys.shape)} and "
+                         f"{tuple(target_keys.shape)}")
+    d_in = keys.shape[1]
+    if preserve_keys is not None and (preserve_keys.ndim != 2 or preserve_keys.shape[1] != d_in):
+        raise ValueError(f"preserve_keys must be (m × {d_in}), got {tuple(preserve_keys.shape)}")
+    for name, value in (("lam", lam), ("edit_scale", edit_scale), ("preserve_scale", preserve_scale)):
+        number("ridge_map", name, value, low=0)
+    for name, t in (("keys", keys), ("target_keys", target_keys), ("preserve_keys", preserve_keys)):
+        _finite(name, t)
+    eye = torch.eye(d_in, dtype=torch.float64, device=keys.device)
+    if keys.shape[0] == 0 or edit_scale == 0:
+        return eye
+    k, kt = keys.double(), target_keys.double()
+    cov = torch.zeros_like(eye)
+    if preserve_keys is not None and preserve_keys.shape[0]:
+        kp = preserve_keys.double()
+        cov = kp.T @ kp
+    lhs = edit_scale * (k.T @ k) + preserve_scale * cov + lam * eye
+    rhs = edit_scale * (kt.T @ k) + preserve_scale * cov + lam * eye
+    singular = (f"the ridge system is singular ({keys.shape[0]} edit key(s) for {d_in} input dimensions, "
+                f"lam={lam:g}); use a larger lam (> 0, e.g. 0.1)")
+    if lam <= float(lhs.diagonal().sum()) * d_in * torch.finfo(torch.float64).eps:
+        eig = torch.linalg.eigvalsh(lhs)
+        if not eig[0] > eig[-1] * d_in * torch.finfo(torch.float64).eps:
+            raise ValueError(singular)
+    try:
+        out = torch.linalg.solve(lhs, rhs.T).T  # S lhs = rhs, lhs symmetric
+    except torch.linalg.LinAlgError as err:
+        raise ValueError(singular) from err
+    if not torch.isfinite(out).all():
+        raise ValueError(f"the solve produced NaN or inf: {singular}")
+    return out

@@ -25,7 +25,7 @@ from workbench.world import AttributeScorer
 
 from . import _checks
 from ._checks import about, disjoint, no_duplicates, norm, number, record, strings, text
-from .solve import ridge_solve
+from .solve import ridge_map
 
 RATIO_TOLERANCE = 1e-6  # how far a concept's requested ratios may sum from 1
 DEBIAS_FORM = "CONCEPT:ATTRIBUTE=RATIO,ATTRIBUTE=RATIO (e.g. 'doctor:warm=0.5,cool=0.5')"
@@ -307,14 +307,19 @@ def _solve_all(wb: Workbench, params: list[str], keys: torch.Tensor, targets: to
     """New weights: ``keys``/``targets``/``preserve`` for the projections of text states, ``pooled`` = (keys,
     targets, preserve) of pooled embeddings for the pooled-path projections (only their first P columns read
     the pooled embedding; the rest, the time ids' features, stay)."""
+    # v* = W_old c_target for every projection, so W_new = W_old S with one S per key set (ridge_map): one solve
+    # for all to_k/to_v instead of one each (benchmarks/uce_sdxl.py)
+    maps: dict[bool, torch.Tensor] = {}
     new = {}
     for name in params:
         w = wb.parameter(name).detach()
-        k, tg, pr = pooled if _reads_pooled(wb, name) else (keys, targets, preserve)
+        reads_pooled = _reads_pooled(wb, name)
+        k, tg, pr = pooled if reads_pooled else (keys, targets, preserve)
+        if reads_pooled not in maps:
+            maps[reads_pooled] = ridge_map(k.to(w.device), tg.to(w.device), None if pr is None else pr.to(w.device),
+                                           lam=req.lam, edit_scale=req.erase_scale, preserve_scale=req.preserve_scale)
         block = w[:, :k.shape[1]]
-        values = tg.to(w) @ block.T  # v* = W_old c_target
-        solved = ridge_solve(block, k.to(w), values, pr, lam=req.lam, edit_scale=req.erase_scale,
-                             preserve_scale=req.preserve_scale)
+        solved = (block.double() @ maps[reads_pooled]).to(w.dtype)
         new[name] = solved if block.shape == w.shape else torch.cat([solved, w[:, k.shape[1]:]], dim=1)
     return new
 

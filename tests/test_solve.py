@@ -66,3 +66,21 @@ def test_bad_input_is_refused():
         ridge_solve(w, torch.zeros(1, 3), torch.zeros(1, 5))
     with pytest.raises(ValueError, match=r"keys must be \(n × 3\)"):
         ridge_solve(w, torch.zeros(1, 4), torch.zeros(1, 4))
+
+
+def test_ridge_map_gives_every_projections_solution_from_one_solve():
+    from editors.solve import ridge_map
+
+    g = torch.Generator().manual_seed(3)
+    keys, targets, keep = (torch.randn(n, 12, generator=g) for n in (5, 5, 7))
+    s = ridge_map(keys, targets, keep, lam=0.3, edit_scale=2.0, preserve_scale=0.5)
+    for out in (4, 9):
+        w = torch.randn(out, 12, generator=g, dtype=torch.float64)
+        direct = ridge_solve(w, keys.double(), targets.double() @ w.T, keep.double(), lam=0.3, edit_scale=2.0,
+                             preserve_scale=0.5)
+        assert torch.allclose(w @ s, direct, atol=1e-10)
+    assert torch.equal(ridge_map(keys[:0], targets[:0]), torch.eye(12, dtype=torch.float64))
+    with pytest.raises(ValueError, match="singular"):
+        ridge_map(keys, targets, lam=0.0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ridge_map(keys.clone().fill_(float("nan")), targets)

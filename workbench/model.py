@@ -36,7 +36,7 @@ from .world import World
 CONFIG_DIR = Path(__file__).parent / "configs"
 TOY_DIR = Path(__file__).parent / "toy" / "weights"
 ARCHES = {"tiny": "sd", "sd15": "sd", "sd21": "sd", "sdxl": "sdxl", "tiny-xl": "sdxl"}  # config -> family
-TOY_WORLDS = {"base": "toy", "entities": "toy-entities"}  # world -> model name
+TOY_WORLDS = {"base": "toy", "entities": "toy-entities", "xl": "toy-xl"}  # world -> model name
 INPUT = ":input"
 
 PatchValue = torch.Tensor | float | Callable[[torch.Tensor], torch.Tensor] | Mapping[int, torch.Tensor]
@@ -301,9 +301,11 @@ class Workbench:
     def toy(cls, world: str = "base", *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Workbench:
         """A trained toy world shipped in the repo (``workbench/toy/weights``).
 
-        ``world``: ``"base"`` (the default world, name ``toy``), or ``"entities"`` (name ``toy-entities``): the
+        ``world``: ``"base"`` (the default world, name ``toy``), ``"entities"`` (name ``toy-entities``): the
         same world retrained so that each of the 200 entities' binding is stored in the text encoder at the
-        name's own position, as knowledge editors such as EMCID assume (``workbench/toy/README.md``).
+        name's own position, as knowledge editors such as EMCID assume, or ``"xl"`` (name ``toy-xl``): the same
+        world with SDXL's conditioning topology, two text encoders and the pooled path
+        (``workbench/toy/README.md``).
         """
         if world not in TOY_WORLDS:
             raise ValueError(f"unknown toy world {world!r}; expected one of {', '.join(TOY_WORLDS)}")
@@ -313,6 +315,13 @@ class Workbench:
         # The one place the kernel reaches up into the toy package (import contract exception in pyproject.toml)
         from .toy.protocol import toy_world
 
+        if world == "xl":  # a whole SDXL pipeline folder of its own
+            if not (TOY_DIR / "xl" / "unet").is_dir():
+                raise FileNotFoundError(f"the SDXL-shaped toy world is missing at {TOY_DIR / 'xl'}; grow it with "
+                                        f"`workbench toy train --family xl --init {TOY_DIR}`")
+            wb = cls.from_pretrained(TOY_DIR / "xl", device=device, dtype=dtype)
+            wb.world = toy_world(wb.name)
+            return wb
         wb = cls.from_pretrained(TOY_DIR, device=device, dtype=dtype)
         wb.name = TOY_WORLDS[world]
         wb.world = toy_world(wb.name)

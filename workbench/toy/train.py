@@ -19,6 +19,7 @@ import tempfile
 os.environ.setdefault("GOMP_SPINCOUNT", "2000")
 
 import argparse
+import copy
 import functools
 import json
 import math
@@ -183,7 +184,7 @@ def spliced(text_encoder: CLIPTextModel, cond: torch.Tensor, splice: Splice | No
 
 
 def diffusion_loss(unet: UNet2DConditionModel, sched: DDPMScheduler, cond: torch.Tensor, x0: torch.Tensor,
-                   gen: torch.Generator, high_noise_share: float = 0.0) -> torch.Tensor:
+                   gen: torch.Generator, high_noise_share: float = 0.0, added: dict | None = None) -> torch.Tensor:
     """v-prediction MSE with min-SNR-5 weights, min(SNR,5)/(SNR+1); ``cond`` is the text encoder's output.
 
     ``high_noise_share`` of each batch draws its timestep from the noisier half of the schedule, where the
@@ -197,7 +198,7 @@ def diffusion_loss(unet: UNet2DConditionModel, sched: DDPMScheduler, cond: torch
     noise = torch.randn(x0.shape, generator=gen)
     xt = sched.add_noise(x0, noise, t)
     target = sched.get_velocity(x0, noise, t)
-    pred = unet(xt, t, encoder_hidden_states=cond).sample
+    pred = unet(xt, t, encoder_hidden_states=cond, added_cond_kwargs=added).sample
     ac = sched.alphas_cumprod[t]
     snr = ac / (1 - ac)
     w = torch.clamp(snr, max=5.0) / (snr + 1)
@@ -322,7 +323,7 @@ def save_checkpoint(run_dir: Path, step: int, args: argparse.Namespace, models: 
              "lr": args.lr, "mix": scene_mix(args), "splice_rate": args.splice_rate,
              "fixed_entity_embeddings": args.fixed_entity_embeddings,
              "high_noise_share": args.high_noise_share, "concept_weight": args.concept_weight,
-             "knowledge_weight": args.knowledge_weight, "text_at_8x8": args.text_at_8x8,
+             "knowledge_weight": args.knowledge_weight, "text_at_8x8": args.text_at_8x8, "family": getattr(args, "family", "base"),
              "recent_loss": float(np.mean(losses[-100:])) if losses else None}
     write_text(run_dir / "state.json", json.dumps(state), overwrite=True)
 
@@ -368,8 +369,52 @@ def export(out: Path, tokenizer: PreTrainedTokenizerFast, unet: UNet2DConditionM
 # ---------------------------------------------------------------- main loop
 
 
+def _xl_models(args: argparse.Namespace, tokenizer: PreTrainedTokenizerFast) -> tuple:
+    """(text encoders, UNet) of the SDXL-shaped world: grown from a base-world --init, or loaded from an
+    SDXL-shaped one."""
+    from workbench.model import Workbench
+
+    from . import xl
+
+    if not args.init:
+        raise ValueError("--family xl grows the SDXL-shaped world from a trained world: give --init (the base "
+                         "world, workbench/toy/weights, or an SDXL-shaped export)")
+    if any((args.knowledge_weight, args.concept_weight, args.splice_rate, args.fixed_entity_embeddings)):
+        raise ValueError("--family xl does not take the entity-world options (--knowledge-weight, --concept-weight, "
+                         "--splice-rate, --fixed-entity-embeddings)")
+    init = Path(args.init)
+    if (init / "text_encoder_2").is_dir():
+        wb = Workbench.from_pretrained(init)
+        encoders = xl.build_text_encoders(tokenizer)
+        for part, module in encoders.items():
+            module.load_state_dict(wb.text_encoders[part].state_dict())
+        unet = UNet2DConditionModel.from_config(wb.unet.config)
+        unet.load_state_dict(wb.unet.state_dict())
+        return encoders, unet
+    rng = np.random.default_rng([args.seed, 999])
+    prompts, _, _ = world.sample_batch(rng, 256)
+    return xl.grow(init, tokenizer, prompts)
+
+
+def export_xl(out: Path, tokenizer: PreTrainedTokenizerFast, unet: UNet2DConditionModel, encoders,
+              overwrite: bool) -> None:
+    """The SDXL-shaped world as a diffusers StableDiffusionXLPipeline folder (the wrapper writes it). Empty
+    prompts were encoded in training (classifier-free dropout), so the pipeline must not zero them."""
+    from workbench.families import StableDiffusionXL
+    from workbench.model import Workbench
+
+    sched = build_sampling_scheduler()
+    wb = Workbench(unet, dict(encoders.items()), {"text": tokenizer, "text2": tokenizer}, sched, AUTOENCODER,
+                   name="toy-xl", defaults={"guidance": GUIDANCE, "steps": SAMPLE_STEPS},
+                   scheduler_config=sched.config, extra={"image_size": world.IMAGE_SIZE},
+                   family=StableDiffusionXL(force_zeros_for_empty_prompt=False))
+    wb.save_pretrained(out, overwrite=overwrite)
+
+
 def train(args: argparse.Namespace) -> None:
-    check_export_target(Path(args.out), args.overwrite)
+    family = getattr(args, "family", "base")
+    if family != "xl":
+        check_export_target(Path(args.out), args.overwrite)
     if args.init and not Path(args.init).is_dir():
         raise FileNotFoundError(f"--init {args.init!r}: no such local folder (an exported toy world); nothing is "
                                 f"downloaded")
@@ -386,19 +431,24 @@ def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tokenizer = build_tokenizer()
-    te, unet = build_text_encoder(tokenizer), build_unet(args.text_at_8x8)
-    ema_te, ema_unet = build_text_encoder(tokenizer), build_unet(args.text_at_8x8)
+    if family == "xl":
+        te, unet = _xl_models(args, tokenizer)
+        ema_te, ema_unet = copy.deepcopy(te), copy.deepcopy(unet)
+    else:
+        te, unet = build_text_encoder(tokenizer), build_unet(args.text_at_8x8)
+        ema_te, ema_unet = build_text_encoder(tokenizer), build_unet(args.text_at_8x8)
     ema_te.load_state_dict(te.state_dict())
     ema_unet.load_state_dict(unet.state_dict())
     for m in (ema_te, ema_unet):
         m.requires_grad_(False).eval()
-    heads = torch.nn.Linear(te.config.hidden_size, len(world.SHAPES) + len(world.COLOURS))
-    concept_heads = torch.nn.Linear(te.config.hidden_size, len(world.ALL_SHAPES) + len(world.COLOURS))
+    hidden = te["text"].config.hidden_size if family == "xl" else te.config.hidden_size
+    heads = torch.nn.Linear(hidden, len(world.SHAPES) + len(world.COLOURS))
+    concept_heads = torch.nn.Linear(hidden, len(world.ALL_SHAPES) + len(world.COLOURS))
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params + list(heads.parameters()) + list(concept_heads.parameters()), lr=args.lr,
                             weight_decay=0.01)
     start = 0
-    if args.init:
+    if args.init and family != "xl":
         # Fine-tune from exported weights: model and EMA both start there, with a fresh optimizer. Loaded as
         # every model is (local, safetensors only, every weight present): never from the network.
         from workbench.model import Workbench
@@ -441,8 +491,14 @@ def train(args: argparse.Namespace) -> None:
         ids, x0, splice = training_batch(args.seed, step, args.batch, tokenizer, mix=scene_mix(args),
                                          splice_rate=args.splice_rate)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        cond = te(ids).last_hidden_state
-        loss = diffusion_loss(unet, sched, spliced(te, cond, splice), x0, gen, args.high_noise_share)
+        if family == "xl":
+            from .xl import condition
+
+            cond, added = condition(te, ids)
+            loss = diffusion_loss(unet, sched, cond, x0, gen, args.high_noise_share, added)
+        else:
+            cond = te(ids).last_hidden_state
+            loss = diffusion_loss(unet, sched, spliced(te, cond, splice), x0, gen, args.high_noise_share)
         if args.knowledge_weight:
             loss = loss + args.knowledge_weight * knowledge_loss(heads, cond, ids, tokenizer)
         if args.concept_weight:
@@ -467,7 +523,10 @@ def train(args: argparse.Namespace) -> None:
             print(f"\nstep {done} loss {np.mean(losses[-100:]):.4f} {rate:.2f} steps/s", flush=True)
     ema_unet.eval()
     ema_te.eval()
-    export(Path(args.out), tokenizer, ema_unet, ema_te)
+    if family == "xl":
+        export_xl(Path(args.out), tokenizer, ema_unet, ema_te, args.overwrite)
+    else:
+        export(Path(args.out), tokenizer, ema_unet, ema_te)
     print(f"exported EMA weights to {args.out}", flush=True)
 
 
@@ -535,6 +594,9 @@ def main(argv: list[str] | None = None) -> int:
                          "output averaged over positions (keeps shape words apart, as a pretrained encoder does)")
     ap.add_argument("--high-noise-share", type=arg_float(), default=0.0,
                     help="share of each batch whose timestep is drawn from the noisier half of the schedule")
+    ap.add_argument("--family", choices=["base", "xl"], default="base",
+                    help="xl: the SDXL-shaped world (two text encoders, pooled text into the added time "
+                         "embedding), grown from the base world given as --init")
     ap.add_argument("--text-at-8x8", action="store_true",
                     help="cross-attention at 8x8 too (with --init from a world without it, the new attention "
                          "starts as the identity; an --init that has it keeps it without this flag)")
