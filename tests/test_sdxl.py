@@ -177,3 +177,16 @@ def test_conditioning_rows_move_together():
         Conditioning(torch.zeros(2, 1, 1), torch.zeros(3, 1))
     with pytest.raises(ValueError, match="with and without pooled"):
         Conditioning.cat([c, Conditioning(torch.zeros(1, 2, 2))])
+
+
+def test_an_sdxl_delta_exports_to_the_xl_pipeline_and_refuses_another_base(xl, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    delta = uce.edit(xl, uce.UCERequest(erase=["cat"], pooled=True), progress=False)
+    folder = delta.export(xl, tmp_path / "edited")
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder, local_files_only=True)
+    name = "add_embedding.linear_1.weight"
+    assert torch.equal(pipe.unet.get_parameter(name), delta.tensors[f"unet.{name}"])
+    assert torch.equal(xl.parameter(f"unet.{name}"), Workbench.random("tiny-xl", seed=0).parameter(f"unet.{name}"))
+    with pytest.raises(ValueError):
+        delta.apply(fresh(seed=5))

@@ -272,7 +272,8 @@ class WeightDelta:
             self.revert(wb)
 
     def export(self, wb: Workbench, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write ``wb`` with this delta applied as a diffusers folder (``StableDiffusionPipeline`` loads it)."""
+        """Write ``wb`` with this delta applied as a diffusers folder (the family's plain pipeline, e.g.
+        ``StableDiffusionXLPipeline``, loads it)."""
         with self.applied(wb):
             return wb.save_pretrained(folder, overwrite=overwrite)
 

@@ -15,9 +15,8 @@ from ..checks import arg_int as _int
 TRACE_SETTINGS = ("metric", "samples", "noise", "std", "seed", "draws", "steps", "guidance", "batch_size")
 SCORER_HELP = ("toy (the toy world's classifier; the default there), toy-clip, clip:PATH[:contrast,...], "
                "nudenet[:THRESHOLD[:CLASS,...]] or classifier:PATH[:LABELS_FILE]")
-MODEL_HELP = ("toy, toy-entities (the toy worlds), tiny, sd15, sd21, tiny-xl, sdxl (random weights) or a local diffusers "
-              "(SD or SDXL) folder / "
-              ".safetensors file")
+MODEL_HELP = ("toy, toy-entities, toy-xl (the toy worlds), tiny, sd15, sd21, tiny-xl, sdxl (random weights) or a "
+              "local diffusers (SD or SDXL) folder / .safetensors file")
 
 
 def _load(args: argparse.Namespace, **kw):
@@ -246,7 +245,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     delta = WeightDelta.load(args.delta)
     _check_delta(args, delta, wb)
     folder = delta.export(wb, args.out, overwrite=args.overwrite)
-    print(f"wrote the edited model to {folder} (loads with StableDiffusionPipeline.from_pretrained)")
+    print(f"wrote the edited model to {folder} (loads with {wb.family.pipelines[0]}.from_pretrained)")
     return 0
 
 
