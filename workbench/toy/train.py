@@ -323,7 +323,8 @@ def save_checkpoint(run_dir: Path, step: int, args: argparse.Namespace, models: 
              "lr": args.lr, "mix": scene_mix(args), "splice_rate": args.splice_rate,
              "fixed_entity_embeddings": args.fixed_entity_embeddings,
              "high_noise_share": args.high_noise_share, "concept_weight": args.concept_weight,
-             "knowledge_weight": args.knowledge_weight, "text_at_8x8": args.text_at_8x8, "family": getattr(args, "family", "base"),
+             "knowledge_weight": args.knowledge_weight, "text_at_8x8": args.text_at_8x8,
+             "family": getattr(args, "family", "base"),
              "recent_loss": float(np.mean(losses[-100:])) if losses else None}
     write_text(run_dir / "state.json", json.dumps(state), overwrite=True)
 
