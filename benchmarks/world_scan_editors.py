@@ -7,7 +7,10 @@ Printed per recipe: the edited rows, the largest change outside the edited set w
 error, and the mean absolute change per family.
 
     python benchmarks/world_scan_editors.py [--samples 50] [--only "UCE erase circle" ...] [--json FILE]
-        [--readings FILE] [--threads N]
+        [--readings FILE] [--threads N] [--model toy-xl] [--pooled]
+
+``--model toy-xl`` scans the SDXL-shaped toy world; ``--pooled`` adds, for each UCE recipe, the same edit with
+the pooled text path edited too (``UCERequest(pooled=True)``), so the two rows show what leaks through it.
 
 ``--readings FILE`` keeps the "before" readings: read from FILE when it exists (same samples and seed), else
 written there, so two one-thread processes can split the recipes and share one "before" pass.
@@ -24,7 +27,7 @@ import torch
 
 from workbench import Workbench
 from workbench.files import write_text
-from workbench.toy.recipes import RECIPES
+from workbench.toy.recipes import POOLED_RECIPES, RECIPES
 from workbench.toy.scan import scan_readings, world_scan
 
 
@@ -37,11 +40,13 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--readings", type=Path, help="the 'before' readings: reused if present, else written")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default="toy", choices=["toy", "toy-xl"])
+    ap.add_argument("--pooled", action="store_true", help="also each UCE recipe with the pooled path edited")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    wb = Workbench.toy()
+    wb = Workbench.load(args.model)
     t0 = time.perf_counter()
-    key = {"samples": args.samples, "seed": args.seed}
+    key = {"samples": args.samples, "seed": args.seed, "model": wb.name, "fingerprint": wb.fingerprint()}
     if args.readings and args.readings.exists():
         try:
             saved = json.loads(args.readings.read_text())
@@ -56,9 +61,13 @@ def main() -> None:
             write_text(args.readings, json.dumps({"key": key, "readings": before}))
     print(f"before: {time.perf_counter() - t0:.0f} s", flush=True)
     results = {}
-    for name in args.only or list(RECIPES):
+    runs = [(name, False) for name in args.only or list(RECIPES)]
+    if args.pooled:
+        runs += [(name, True) for name, _ in list(runs) if name in POOLED_RECIPES]
+    for name, pooled in runs:
         t0 = time.perf_counter()
-        delta, edited = RECIPES[name](wb)
+        delta, edited = RECIPES[name](wb, pooled=True) if pooled else RECIPES[name](wb)
+        name = f"{name} (+ pooled path)" if pooled else name
         edit_s = time.perf_counter() - t0
         scan = world_scan(wb, delta, edited, samples=args.samples, seed=args.seed, before=before, progress=True)
         worst = scan.worst

@@ -16,28 +16,23 @@ import torch
 
 from ..images import to_uint8
 from ..world import ImageScorer
+from .folders import check_weights, load_parts
 
 
 class Classifier:
     def __init__(self, folder: Path, labels_file: Path | None = None, device: str | torch.device = "cpu"):
         from transformers import AutoImageProcessor, AutoModelForImageClassification
-        from transformers.utils import logging
 
         config = folder / "config.json"
         if not folder.is_dir() or not config.is_file():
             raise ValueError(f"classifier scorer: {str(folder)!r} is not a model folder (expected config.json, "
                              "model.safetensors and preprocessor_config.json)")
-        if not (folder / "model.safetensors").is_file():
-            raise ValueError(f"classifier scorer: {str(folder)!r} has no model.safetensors (weights load only from "
-                             "safetensors, never from pickles)")
-        logging.disable_progress_bar()
-        try:
-            self.model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
-            self.processor = AutoImageProcessor.from_pretrained(folder)
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise ValueError(f"classifier scorer: could not load {str(folder)!r} as an image classifier: "
-                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-        self.model = self.model.to(device).eval()
+        check_weights("classifier scorer", folder)
+        model, self.processor = load_parts(
+            "classifier scorer", folder,
+            lambda f: AutoModelForImageClassification.from_pretrained(f, use_safetensors=True),
+            AutoImageProcessor.from_pretrained, what=" as an image classifier")
+        self.model = model.to(device).eval()
         self.device = torch.device(device)
         n = self.model.config.num_labels
         if labels_file is not None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..images import to_uint8
 from ..world import ImageScorer
+from .folders import check_weights, load_parts
 
 DEFAULT_CONTRAST = ("a photo",)  # concept vs a plain photo when no contrast set is given
 
@@ -32,9 +33,7 @@ def _check_folder(folder: Path) -> None:
         raise ValueError(f"clip scorer: {str(config)!r} is not a readable JSON config") from None
     if model_type != "clip":
         raise ValueError(f"clip scorer: {str(folder)!r} holds a {model_type!r} model, expected model_type 'clip'")
-    if not (folder / "model.safetensors").is_file() and not list(folder.glob("model-*.safetensors")):
-        raise ValueError(f"clip scorer: {str(folder)!r} has no model.safetensors (weights load only from "
-                         "safetensors, never from pickles)")
+    check_weights("clip scorer", folder)
     if not (folder / "preprocessor_config.json").is_file():
         raise ValueError(f"clip scorer: {str(folder)!r} has no preprocessor_config.json (the image processor)")
 
@@ -44,18 +43,13 @@ class Clip:
 
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu"):
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
-        from transformers.utils import logging
 
         self.folder = Path(folder)
         _check_folder(self.folder)
-        logging.disable_progress_bar()
-        try:
-            self.model = CLIPModel.from_pretrained(self.folder, use_safetensors=True).to(device).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
-            self.processor = AutoImageProcessor.from_pretrained(self.folder)
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise ValueError(f"clip scorer: could not load {str(self.folder)!r}: "
-                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        model, self.tokenizer, self.processor = load_parts(
+            "clip scorer", self.folder, lambda f: CLIPModel.from_pretrained(f, use_safetensors=True),
+            AutoTokenizer.from_pretrained, AutoImageProcessor.from_pretrained)
+        self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.max_length = self.model.config.text_config.max_position_embeddings
 

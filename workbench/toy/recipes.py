@@ -25,26 +25,26 @@ def shape_preserve_captions(shape: str, n: int = 200, seed: int = 11) -> list[st
     return world.captions(n, seed=seed, keep=lambda s: s.shape != shape and not words & set(s.subject.split()))
 
 
-def uce_erase_shape(wb, shape: str = "circle"):
+def uce_erase_shape(wb, shape: str = "circle", pooled: bool = False):
     others = [s for s in world.SHAPES if s != shape]
     request = UCERequest(erase=[shape], preserve=others, preserve_prompts=shape_preserve_captions(shape),
-                         tokens="to_end", templates=SHAPE_TEMPLATES)
+                         tokens="to_end", templates=SHAPE_TEMPLATES, pooled=pooled)
     return uce.edit(wb, request, progress=False), [shape, *world.aliases_for(shape)]
 
 
-def uce_erase_artists(wb):
+def uce_erase_artists(wb, pooled: bool = False):
     held = set(world.HELD_OUT_ARTISTS)
     captions = world.captions(200, seed=123, keep=lambda s: s.artist in held and s.entity is None, artist_rate=1.0,
                               hazard_rate=0.0)
     request = UCERequest(erase=world.ERASE_ARTISTS, preserve=world.HELD_OUT_ARTISTS, preserve_prompts=captions,
-                         tokens="to_end", templates=ARTIST_TEMPLATES)
+                         tokens="to_end", templates=ARTIST_TEMPLATES, pooled=pooled)
     erased = world.ERASE_ARTISTS + [a for a in world.ALIASES if world.ALIASES[a] in world.ERASE_ARTISTS]
     return uce.edit(wb, request, progress=False), erased
 
 
-def uce_moderate_hazard(wb):
+def uce_moderate_hazard(wb, pooled: bool = False):
     request = UCERequest(moderate=world.HAZARD_WORDS, preserve_prompts=world.captions(200, seed=7, hazard_rate=0.0),
-                         tokens="to_end", templates=HAZARD_TEMPLATES)
+                         tokens="to_end", templates=HAZARD_TEMPLATES, pooled=pooled)
     words = world.HAZARD_WORDS + [a for a in world.ALIASES if world.ALIASES[a] in world.HAZARD_WORDS]
     return uce.edit(wb, request, progress=False), words
 
@@ -120,6 +120,9 @@ def quickfix_stale_fact(wb):
                               preserve_scale=0.1)
     return quickfix.edit(wb, request), [phrase]
 
+
+# The UCE recipes that can also edit a pooled text path (SDXL-shaped models: ``recipe(wb, pooled=True)``)
+POOLED_RECIPES = ("UCE erase circle", "UCE erase 10 artists", "UCE moderate 4 hazard words")
 
 RECIPES: dict[str, Callable] = {
     "UCE erase circle": uce_erase_shape,
