@@ -47,3 +47,13 @@ def save_image(image: Image.Image, path: str | os.PathLike, *, overwrite: bool =
         raise ValueError(f"{str(path)!r}: unknown image type {Path(path).suffix!r}; use .png or .jpg")
     return atomic_write(path, lambda tmp: image.save(tmp, format=Image.registered_extensions()[
         Path(path).suffix.lower()]), overwrite=overwrite)
+
+
+def save_png(image: torch.Tensor, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """One (3, H, W) image in [0, 1] as a PNG, atomically."""
+    return save_image(Image.fromarray(to_uint8(image[None])[0]), path, overwrite=overwrite)
+
+
+def read_png(path: str | os.PathLike) -> torch.Tensor:
+    """A PNG (or any picture PIL reads) as a (3, H, W) float image in [0, 1]."""
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .. import stats
 from ..delta import WeightDelta, tensor_hash
 from ..files import atomic_write, write_text
-from ..images import grid, save_image, to_uint8
+from ..images import grid, read_png, save_image, save_png
 from ..model import Workbench
 from ..progress import bar
 from ..world import ConceptScorer
@@ -65,14 +64,6 @@ def _delta_id(delta: WeightDelta | None) -> str | None:
     for name in sorted(delta.tensors):
         h.update(f"{name}={tensor_hash(delta.tensors[name])};".encode())
     return h.hexdigest()[:16]
-
-
-def _png(image: torch.Tensor, path: Path) -> None:
-    save_image(Image.fromarray(to_uint8(image[None])[0]), path, overwrite=True)
-
-
-def _read_png(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
 
 
 def _rate(values: list[float], threshold: float) -> tuple[float, float]:
@@ -132,7 +123,7 @@ def evaluate_suite(wb: Workbench, suite: Suite, out: str | Path, *, scorer: Conc
                           concept=c, meta=item.meta)
             for name, images in sets.items():
                 png = images_dir / f"{_safe(item.case)}_{name}.png"
-                _png(images[j], png)
+                save_png(images[j], png)
                 record[name] = float(reads[c](images[j:j + 1])[0])
                 record[f"{name}_image"] = str(png.relative_to(out))
             atomic_write(items_dir / f"{_safe(item.case)}.json",
@@ -168,7 +159,7 @@ def _summary(out: Path, items: list[dict], threshold: float, features, lpips, cl
     summary: dict = {"rates": rates}
     if features is None and lpips is None and clip is None:
         return summary
-    images = {n: torch.stack([_read_png(out / it[f"{n}_image"]) for it in items]) for n in names}
+    images = {n: torch.stack([read_png(out / it[f"{n}_image"]) for it in items]) for n in names}
     if edited and features is not None:
         from .image_sets import fid, kid
 
@@ -188,6 +179,6 @@ def _summary(out: Path, items: list[dict], threshold: float, features, lpips, cl
 
 def _grid(out: Path, items: list[dict], edited: bool) -> None:
     names = ["before", "after"] if edited else ["before"]
-    tiles = torch.stack([_read_png(out / it[f"{n}_image"]) for it in items for n in names])
+    tiles = torch.stack([read_png(out / it[f"{n}_image"]) for it in items for n in names])
     labels = [it["case"][:16] for it in items]
     save_image(grid(tiles, nrow=len(names), scale=4, labels=labels), out / "grid.png", overwrite=True)
