@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="toy", choices=["toy", "toy-xl"])
     ap.add_argument("--pooled", action="store_true", help="also each UCE recipe with the pooled path edited")
+    ap.add_argument("--pooled-only", action="store_true",
+                    help="with --pooled: the UCE recipes only with the pooled path edited (to split a run)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     wb = Workbench.load(args.model)
@@ -64,6 +66,8 @@ def main() -> None:
     runs = [(name, False) for name in args.only or list(RECIPES)]
     if args.pooled:
         runs += [(name, True) for name, _ in list(runs) if name in POOLED_RECIPES]
+        if args.pooled_only:
+            runs = [(name, pooled) for name, pooled in runs if pooled or name not in POOLED_RECIPES]
     for name, pooled in runs:
         t0 = time.perf_counter()
         delta, edited = RECIPES[name](wb, pooled=True) if pooled else RECIPES[name](wb)
