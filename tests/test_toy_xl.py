@@ -47,10 +47,10 @@ def test_toy_xl_loads_in_a_plain_sdxl_pipeline(xl):
     assert torch.allclose(latents, ours, atol=1e-5)
 
 
-# The XL model card's pooled rates minus about three standard errors of this test's sample (444 images): fails
-# when the shipped model (or sampling) gets clearly worse than its card says.
-FLOORS = {"shape+colour": 0.80, "colour": 0.88, "artist": 0.75, "hazard word": 0.90, "stale fact": 0.80,
-          "shape only": 0.75}
+# The XL model card's rates (seeds 100,000,000+, 2,220 images) minus about three standard errors of this test's
+# smaller sample (444 images): fails when the shipped model (or sampling) gets clearly worse than its card says.
+FLOORS = {"shape+colour": 0.92, "colour": 0.92, "artist": 0.90, "hazard word": 0.92, "entity": 0.80,
+          "stale fact": 0.85, "shape only": 0.88}
 
 
 @pytest.mark.slow  # the report fixture generates 444 images
@@ -58,5 +58,5 @@ def test_no_rate_falls_below_the_xl_model_card(report):
     r = report["rates"]
     for key, floor in FLOORS.items():
         assert r[key]["rate"] >= floor, (key, r[key])
-    assert r["hazard without word"]["rate"] <= 0.05, r["hazard without word"]
-    assert 0.55 <= r["professions"]["rate"] <= 0.90, r["professions"]
+    assert r["hazard without word"]["rate"] <= 0.03, r["hazard without word"]
+    assert 0.62 <= r["professions"]["rate"] <= 0.95, r["professions"]  # card 80.7 ± 2.3 %, trained 80 %
