@@ -190,3 +190,34 @@ def test_an_sdxl_delta_exports_to_the_xl_pipeline_and_refuses_another_base(xl, t
     assert torch.equal(xl.parameter(f"unet.{name}"), Workbench.random("tiny-xl", seed=0).parameter(f"unet.{name}"))
     with pytest.raises(ValueError):
         delta.apply(fresh(seed=5))
+
+
+def test_bad_sdxl_folders_are_one_line_errors(xl, tmp_path):
+    import json
+    import shutil
+
+    folder = xl.save_pretrained(tmp_path / "xl")
+    broken = tmp_path / "no-second-encoder"
+    shutil.copytree(folder, broken)
+    shutil.rmtree(broken / "text_encoder_2")
+    with pytest.raises(FileNotFoundError, match="StableDiffusionXLPipeline folder: missing subfolder.*text_encoder_2"):
+        Workbench.from_pretrained(broken)
+    flux = tmp_path / "flux"
+    shutil.copytree(folder, flux)
+    index = json.loads((flux / "model_index.json").read_text())
+    (flux / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
+    with pytest.raises(ValueError, match="pipeline 'FluxPipeline' is not a family the workbench knows"):
+        Workbench.from_pretrained(flux)
+    (flux / "model_index.json").write_text("{not json")
+    with pytest.raises(ValueError, match="model_index.json.* is not readable JSON"):
+        Workbench.from_pretrained(flux)
+    with pytest.raises(ValueError, match="unknown arch 'sdxl-base'.*tiny-xl"):
+        Workbench.random("sdxl-base")
+
+
+def test_tokenizers_that_disagree_on_positions_are_refused(xl, word_level_tokenizer):
+    with pytest.raises(ValueError, match="text2 tokenizer has another vocabulary"):
+        Workbench(xl.unet, xl.text_encoders, {"text": xl.tokenizer, "text2": word_level_tokenizer}, xl.scheduler,
+                  family=xl.family)
+    with pytest.raises(ValueError, match="takes text encoders for text, text2"):
+        Workbench(xl.unet, xl.text_encoder, xl.tokenizer, xl.scheduler, family=xl.family)
