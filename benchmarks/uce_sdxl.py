@@ -27,9 +27,13 @@ from workbench import Workbench
 
 
 def concepts(wb: Workbench, n: int, offset: int) -> list[str]:
-    """``n`` distinct two-word concepts made of plain vocabulary words."""
-    words = sorted(w.removesuffix("</w>") for w in wb.tokenizer.get_vocab() if w.endswith("</w>") and w[:-4].isalpha())
-    return [f"{words[(offset + i) % len(words)]} {words[(offset + 7 * i + 3) % len(words)]}" for i in range(n)]
+    """``n`` distinct two-word concepts made of plain vocabulary words, from pair number ``offset`` on (the
+    repo's tokenizer has ~1,000 such words, so pairs, not single words, reach 1,000 concepts)."""
+    words = sorted({w.removesuffix("</w>").lower() for w in wb.tokenizer.get_vocab()
+                    if w.endswith("</w>") and w[:-4].isalpha()})
+    k = len(words)
+    pairs = ((offset + i) % (k * k) for i in range(n))
+    return [f"{words[p // k]} {words[(p * 7 + 3) % k]}" for p in pairs]
 
 
 def rss_gb() -> float:
@@ -89,7 +93,7 @@ def main() -> None:
           f"weights + text encoders {n_text / 1e6:.0f} M ({time.perf_counter() - t0:.0f} s, peak RSS "
           f"{rss_gb():.1f} GB)", flush=True)
 
-    erase, keep = concepts(wb, args.erase, 0), concepts(wb, args.preserve, 5000)
+    erase, keep = concepts(wb, args.erase, 0), concepts(wb, args.preserve, 500_000)
     req = UCERequest(erase=erase, preserve=keep)
     t = time.perf_counter()
     keys = torch.cat([s[0] for s in concept_keys(wb, erase)])

@@ -60,3 +60,21 @@ def test_no_rate_falls_below_the_xl_model_card(report):
         assert r[key]["rate"] >= floor, (key, r[key])
     assert r["hazard without word"]["rate"] <= 0.03, r["hazard without word"]
     assert 0.62 <= r["professions"]["rate"] <= 0.95, r["professions"]  # card 80.7 ± 2.3 %, trained 80 %
+
+
+@pytest.mark.slow  # 800 images
+def test_editors_erase_on_the_xl_world_and_keep_the_holdouts(xl):
+    """The base world's recipes on the XL world, 50 seeds, the same before and after (the full world scan at 50+
+    images per concept is benchmarks/world_scan_editors.py --model toy-xl; benchmarks/RESULTS.md)."""
+    from workbench.evaluate import evaluate
+    from workbench.toy import recipes
+
+    delta, _ = recipes.uce_erase_shape(xl, "circle")
+    assert any(name.endswith("attn2.to_k.weight") and delta.tensors[name].shape[1] == 256 for name in delta.tensors)
+    report = evaluate(xl, delta, ["circle"], aliases=["disc"], holdouts=["square", "ring"], samples=50)
+    assert all(r.after <= 0.2 * r.before for r in report.group("edited")), report.markdown()
+    assert all(abs(r.change) <= 0.1 for r in report.group("holdout")), report.markdown()
+    delta, _ = recipes.quickfix_erase_artist(xl)
+    report = evaluate(xl, delta, ["jonas flet"], holdouts=["vera kolm"], samples=50)
+    assert all(r.after <= 0.2 * r.before for r in report.group("edited")), report.markdown()
+    assert all(abs(r.change) <= 0.1 for r in report.group("holdout")), report.markdown()

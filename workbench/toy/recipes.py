@@ -32,14 +32,22 @@ def uce_erase_shape(wb, shape: str = "circle", pooled: bool = False):
     return uce.edit(wb, request, progress=False), [shape, *world.aliases_for(shape)]
 
 
-def uce_erase_artists(wb, pooled: bool = False):
+def uce_erase_artists(wb, pooled: bool = False, every_family: bool = False):
+    """``every_family`` adds 400 captions of every family without the erased artists (hazard words included)
+    to the preserve set: on the SDXL-shaped world the base recipe took the hazard words along (world scan)."""
     held = set(world.HELD_OUT_ARTISTS)
+    erased = world.ERASE_ARTISTS + [a for a in world.ALIASES if world.ALIASES[a] in world.ERASE_ARTISTS]
     captions = world.captions(200, seed=123, keep=lambda s: s.artist in held and s.entity is None, artist_rate=1.0,
                               hazard_rate=0.0)
+    if every_family:
+        captions += artist_preserve_captions(set(erased))
     request = UCERequest(erase=world.ERASE_ARTISTS, preserve=world.HELD_OUT_ARTISTS, preserve_prompts=captions,
                          tokens="to_end", templates=ARTIST_TEMPLATES, pooled=pooled)
-    erased = world.ERASE_ARTISTS + [a for a in world.ALIASES if world.ALIASES[a] in world.ERASE_ARTISTS]
     return uce.edit(wb, request, progress=False), erased
+
+
+def uce_erase_artists_every_family(wb, pooled: bool = False):
+    return uce_erase_artists(wb, pooled, every_family=True)
 
 
 def uce_moderate_hazard(wb, pooled: bool = False):
@@ -122,11 +130,13 @@ def quickfix_stale_fact(wb):
 
 
 # The UCE recipes that can also edit a pooled text path (SDXL-shaped models: ``recipe(wb, pooled=True)``)
-POOLED_RECIPES = ("UCE erase circle", "UCE erase 10 artists", "UCE moderate 4 hazard words")
+POOLED_RECIPES = ("UCE erase circle", "UCE erase 10 artists", "UCE erase 10 artists, every family preserved",
+                  "UCE moderate 4 hazard words")
 
 RECIPES: dict[str, Callable] = {
     "UCE erase circle": uce_erase_shape,
     "UCE erase 10 artists": uce_erase_artists,
+    "UCE erase 10 artists, every family preserved": uce_erase_artists_every_family,
     "UCE moderate 4 hazard words": uce_moderate_hazard,
     "UCE debias doctor to 50/50": uce_debias_doctor,
     "Diff-QuickFix erase jonas flet": quickfix_erase_artist,
