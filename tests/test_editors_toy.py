@@ -1,6 +1,8 @@
 """Closed-form editors on the toy world, scored by its classifier over 50 seeds, before vs after on the same
 prompts and seeds (issue 5's acceptance), plus bad input that must be refused with the model untouched."""
 
+import json
+
 import pytest
 import torch
 
@@ -22,12 +24,24 @@ def toy():
 
 
 @pytest.fixture(scope="session")
-def scan_before(toy):
-    """The world scan's readings of the unedited toy world, shared by the edits scanned below. Their tests carry
-    one xdist_group, so they run on one worker, and this fixture lives for the session: a worker runs other
-    modules' tests between them, and a module-scoped fixture would be rebuilt each time (~5 min). Measured
-    under -n 2 --dist loadgroup, it was still built twice (cause not found yet)."""
-    return scan_readings(toy, SAMPLES)
+def scan_before(toy, tmp_path_factory, worker_id):
+    """The world scan's readings of the unedited toy world, shared by the edits scanned below (~6 min to make).
+
+    Their tests carry one xdist_group and this fixture lives for the session, yet under -n 2 --dist loadgroup
+    it was still built twice (6.5 min of CI; cause not found). So the readings are also kept in a file of this
+    run's temporary folder, which every xdist worker shares, made once under a lock: whoever asks again, on
+    any worker, reads them (they depend only on the weights, the samples and the seeds)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if worker_id != "master" else base  # the run's folder, above each worker's own
+    file = root / f"scan_before_{toy.fingerprint()}_{SAMPLES}.json"
+    with FileLock(str(file) + ".lock"):
+        if file.is_file():
+            return json.loads(file.read_text())
+        readings = scan_readings(toy, SAMPLES)
+        file.write_text(json.dumps(readings))
+        return readings
 
 
 @pytest.mark.xdist_group("world_scan")

@@ -198,12 +198,17 @@ def test_exported_tokenizer_and_config() -> None:
     meta = json.loads((weights / "workbench.json").read_text())
     assert meta["autoencoder"] == {"type": "pixel_unshuffle", "factor": 4} and meta["image_size"] == 32
     # DESIGN.md's budget is 25 MB of committed weights for the toy world; each shipped world keeps to it (the
-    # entity world stores only its retrained UNet and text encoder).
+    # entity world stores only its retrained UNet and text encoder; the SDXL-shaped one is a whole folder).
     files = [p for p in weights.rglob("*") if p.is_file()]
-    entities = weights / "entities"
-    base = sum(p.stat().st_size for p in files if entities not in p.parents)
-    extra = sum(p.stat().st_size for p in files if entities in p.parents)
-    assert base <= 25 * 2**20 and 0 < extra <= 25 * 2**20, (base, extra)
+    own = {name: weights / name for name in ("entities", "xl")}  # the other worlds' folders
+
+    def size(folder=None) -> int:
+        if folder is None:
+            return sum(p.stat().st_size for p in files if not any(f in p.parents for f in own.values()))
+        return sum(p.stat().st_size for p in files if folder in p.parents)
+
+    sizes = {"base": size(), **{name: size(folder) for name, folder in own.items()}}
+    assert all(0 < n <= 25 * 2**20 for n in sizes.values()), sizes
 
 
 @needs_scorer
