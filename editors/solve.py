@@ -63,6 +63,12 @@ def ridge_solve(w_old: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                 f"{f', {preserve_keys.shape[0]} preserve key(s)' if preserve_keys is not None else ''}"
                 f"{', a preserve covariance' if preserve_cov is not None else ''} for {d_in} input dimensions, "
                 f"lam={lam:g}); use a larger lam (> 0, e.g. 0.1)")
+    return _solve_right(lhs, rhs, lam, singular).to(w_old.dtype)
+
+
+def _solve_right(lhs: torch.Tensor, rhs: torch.Tensor, lam: float, singular: str) -> torch.Tensor:
+    """X with X lhs = rhs for the symmetric ridge matrix ``lhs``; ``singular`` is the error when it has none."""
+    d_in = lhs.shape[0]
     # lam > 0 keeps lhs positive definite. A lam that is zero, or below float64 resolution next to the Gram
     # matrices, leaves it as singular as Σ k kᵀ: check the spectrum (only then; the bound on the largest
     # eigenvalue is the trace).
@@ -70,14 +76,14 @@ def ridge_solve(w_old: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
         eig = torch.linalg.eigvalsh(lhs)
         if not eig[0] > eig[-1] * d_in * torch.finfo(torch.float64).eps:
             raise ValueError(singular)
-    # W lhs = rhs with lhs symmetric  <=>  lhs Wᵀ = rhsᵀ
+    # X lhs = rhs with lhs symmetric  <=>  lhs Xᵀ = rhsᵀ
     try:
-        new = torch.linalg.solve(lhs, rhs.T).T
+        out = torch.linalg.solve(lhs, rhs.T).T
     except torch.linalg.LinAlgError as err:
         raise ValueError(singular) from err
-    if not torch.isfinite(new).all():
+    if not torch.isfinite(out).all():
         raise ValueError(f"the solve produced NaN or inf: {singular}")
-    return new.to(w_old.dtype)
+    return out
 
 
 def ridge_map(keys: torch.Tensor, target_keys: torch.Tensor, preserve_keys: torch.Tensor | None = None, *,
@@ -108,14 +114,4 @@ def ridge_map(keys: torch.Tensor, target_keys: torch.Tensor, preserve_keys: torc
     rhs = edit_scale * (kt.T @ k) + preserve_scale * cov + lam * eye
     singular = (f"the ridge system is singular ({keys.shape[0]} edit key(s) for {d_in} input dimensions, "
                 f"lam={lam:g}); use a larger lam (> 0, e.g. 0.1)")
-    if lam <= float(lhs.diagonal().sum()) * d_in * torch.finfo(torch.float64).eps:
-        eig = torch.linalg.eigvalsh(lhs)
-        if not eig[0] > eig[-1] * d_in * torch.finfo(torch.float64).eps:
-            raise ValueError(singular)
-    try:
-        out = torch.linalg.solve(lhs, rhs.T).T  # S lhs = rhs, lhs symmetric
-    except torch.linalg.LinAlgError as err:
-        raise ValueError(singular) from err
-    if not torch.isfinite(out).all():
-        raise ValueError(f"the solve produced NaN or inf: {singular}")
-    return out
+    return _solve_right(lhs, rhs, lam, singular)
