@@ -26,6 +26,23 @@ AttributeScorer = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]  # images
 
 
 @dataclass(frozen=True)
+class Description:
+    """A candidate description of what changed between two image sets (``workbench diff``): ``text`` is what
+    the scorer reads, ``name`` what the report shows, ``aliases`` other words for it, merged into this one."""
+
+    text: str
+    name: str = ""
+    family: str = ""
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise ValueError(f"a description needs a non-empty text to score, got {self.text!r}")
+        if not self.name:
+            object.__setattr__(self, "name", self.text)
+
+
+@dataclass(frozen=True)
 class World:
     """How to prompt, score and scan the concepts of one model's world.
 
@@ -44,6 +61,8 @@ class World:
     # named concept scorers (``--scorer toy``, ``--scorer toy-clip``), each built on first use
     scorers: Mapping[str, Callable[[], ConceptScorer]] = field(default_factory=dict)
     clip_folder: Path | None = None  # the world's own CLIP (image features, the toy-clip scorer)
+    # what ``workbench diff`` proposes: everything the world can draw, one description per concept
+    descriptions: Callable[[], list[Description]] | None = None
 
 
 @dataclass

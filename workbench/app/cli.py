@@ -362,6 +362,59 @@ def _evaluate_suite(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..delta import WeightDelta
+    from ..measure import diff
+
+    folders = args.before is not None or args.after is not None
+    if folders:
+        given = [flag for flag, value in (("--delta", args.delta), ("--prompt", args.prompt),
+                                          ("--prompts", args.prompts)) if value]
+        if given or args.before is None or args.after is None:
+            raise ValueError(f"{given[0]} is not read with --before/--after (two image folders are compared as "
+                             "they are)" if given else "diff on folders needs both --before DIR and --after DIR")
+    elif not args.delta or not (args.prompt or args.prompts):
+        raise ValueError("diff needs --delta and --prompt/--prompts (generate both sets), or --before DIR and "
+                         "--after DIR (two image folders)")
+    if args.unpaired and not folders:
+        raise ValueError("--unpaired is for --before/--after folders; generated sets always pair by prompt and seed")
+    specs = [*(args.descriptions or []), *(args.description or [])]
+    # only the toy world's scorers and vocabulary need a model when two folders are compared
+    needs_world = not specs or "world" in (args.descriptions or []) or args.scorer in (None, "toy", "toy-clip")
+    wb = _load(args) if not folders or needs_world else None
+    out = Path(args.out)
+    from ..files import check_target
+
+    for name in diff.OUTPUTS:
+        check_target(out / name, args.overwrite, protected=wb.read_paths() if wb is not None else ())
+    world = wb.world if wb is not None else None
+    descriptions = diff.load_descriptions([*(args.descriptions or []), *(
+        diff.Description(d) for d in args.description or [])] or ["world"], world)
+    if wb is None:
+        from ..measure import load_scorer
+
+        scorer = load_scorer(args.scorer, batch_size=args.batch_size or 64)
+    else:
+        scorer = _scorer(args, wb)
+    stat = dict(correction=args.correction, alpha=args.alpha, threshold=args.threshold, resolution=args.resolution)
+    if folders:
+        paired = False if args.unpaired else None
+        result = diff.diff_folders(args.before, args.after, descriptions=descriptions, scorer=scorer, paired=paired,
+                                   progress=True, **stat)
+    else:
+        prompts = [*(args.prompt or []), *(_lines(args.prompts, "--prompts") if args.prompts else [])]
+        delta = WeightDelta.load(args.delta)
+        _check_delta(args, delta, wb)
+        result = diff.diff_edit(wb, delta, prompts, samples=args.n, seed=args.seed, descriptions=descriptions,
+                                scorer=scorer, steps=args.steps, batch_size=args.batch_size, progress=True, **stat)
+    print(result.markdown(args.top))
+    paths = result.save(out, overwrite=args.overwrite, top=args.top)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def cmd_toy(args: argparse.Namespace) -> int:
     commands = {"train": "train", "check": "check", "clip": "clip"}
     if not args.rest or args.rest[0] not in commands:
@@ -497,6 +550,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-images", type=_int(1), default=4, help="seeds per grid row")
     p.add_argument("--json", help="write the report as JSON here")
     p.set_defaults(func=cmd_evaluate)
+
+    from ..measure.diff import vocabularies
+
+    p = command("diff", "what changed: rank descriptions by how well they tell the base model's images from the "
+                "edited one's (VisDiff), both directions, with p-values", model, batch, write)
+    p.add_argument("--delta", help="the edit (a WeightDelta): both models draw the same prompts and seeds")
+    p.add_argument("--prompt", action="append", help="a prompt to draw (repeat)")
+    p.add_argument("--prompts", help="a file of prompts, one per line")
+    p.add_argument("-n", type=_int(1), default=1, help="images per prompt (seeds seed, seed+1, ...)")
+    p.add_argument("--seed", type=_int(0), default=0)
+    p.add_argument("--steps", type=_int(1), help="sampling steps (default: the model's)")
+    p.add_argument("--before", help="instead of drawing: a folder of base images (png, jpg, ...)")
+    p.add_argument("--after", help="with --before: a folder of edited images; the same file names pair them")
+    p.add_argument("--unpaired", action="store_true", help="with folders: never pair images by file name")
+    p.add_argument("--descriptions", action="append", help="world (the toy worlds' concepts; the default there), "
+                   "vocab:NAME (" + ", ".join(vocabularies()) + ") or a file, one per line ('a | b' merges b into "
+                   "a); repeat to add more")
+    p.add_argument("--description", action="append", help="one description to rank (repeat)")
+    p.add_argument("--scorer", help="the ranker: " + SCORER_HELP)
+    p.add_argument("--correction", choices=["holm", "bh", "bonferroni", "none"], default="holm",
+                   help="for testing every description (default holm)")
+    p.add_argument("--alpha", type=_float(above=0), default=0.05, help="significance level after correction")
+    p.add_argument("--threshold", type=_float(above=0), default=0.5, help="a score above it shows the description")
+    p.add_argument("--resolution", type=_float(), default=0.01, help="scores within it of 0 or 1 count as 0 or 1")
+    p.add_argument("--top", type=_int(1), default=10, help="rows per direction in the table")
+    p.add_argument("--out", default="out/diff", help="folder for diff.json, diff.md and diff.png")
+    p.set_defaults(func=cmd_diff)
 
     p = command("demo", "trace an artist, erase it on the located layers, evaluate, write a report", write)
     p.add_argument("--model", default="toy", help="toy or toy-entities (the demo needs the toy scorer)")

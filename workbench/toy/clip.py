@@ -31,6 +31,7 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, PreTraine
 
 from workbench.files import publish_mode
 from workbench.toy import classifier, world
+from workbench.toy.protocol import heads_for
 
 DEFAULT_PATH = Path(__file__).parent / "weights" / "clip"
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
@@ -214,18 +215,15 @@ def concept_scorer(folder: str | Path | None = None):
         return clip.zero_shot(images, CLASS_TEXTS[head], embeds[head])[:, i]
 
     def reads(concept: str):
-        exp = world.parse_prompt(concept)
-        if exp.artist is not None:
-            return lambda x: prob(x, "artist", exp.artist)
-        if exp.hazard:
-            return lambda x: prob(x, "hazard", "present")
-        if exp.shape is not None and exp.colour is not None:
-            return lambda x: prob(x, "shape", exp.shape) * prob(x, "colour", exp.colour)
-        if exp.shape is not None:
-            return lambda x: prob(x, "shape", exp.shape)
-        if exp.colour is not None:
-            return lambda x: prob(x, "colour", exp.colour)
-        raise ValueError(f"toy-clip scorer: {concept!r} names no concept the toy CLIP reads")
+        heads = heads_for(concept, f"toy-clip scorer: {concept!r} names no concept the toy CLIP reads")
+
+        def score(x: torch.Tensor) -> torch.Tensor:
+            out = torch.ones(len(x))
+            for head, label in heads:
+                out = out * prob(x, head, label)
+            return out
+
+        return score
 
     return reads
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..world import World
+from ..world import Description, World
 from . import classifier, world
 
 # Key contexts for edits on the toy world (UCE's expand_prompts): each family in the phrasings the grammar
@@ -23,37 +23,61 @@ SHAPE_TEMPLATES = ["{}", "a {}", "a photo of a {}", "a red {}", "a photo of a bl
 HAZARD_TEMPLATES = ["{}", "a red circle {}", "a photo of a blue star {}", "a {} square", "a green heart with {}"]
 
 
-def concept_scorer(subject: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """images -> probability that the concept named by ``subject`` is present (CNN scorer).
+# What the report of ``workbench diff`` can name that no prompt word does: (head, label) of the classifier
+VISUAL: dict[str, tuple[str, str]] = {"person": ("shape", world.PERSON), "no artist": ("artist", world.NO_ARTIST),
+                                      "warm": ("attribute", "warm"), "cool": ("attribute", "cool")}
 
-    Shapes, colours, artists, hazard words, professions (the person shape), and anything naming a shape
-    and a colour ("a red circle", an entity or the stale fact, by their bound pair): the product of the
-    two. Aliases resolve to their canonical concept.
-    """
-    exp = world.parse_prompt(subject)
-    heads = classifier.HEADS
 
-    def prob(scores: dict[str, torch.Tensor], head: str, label: str) -> torch.Tensor:
-        return scores[head][:, heads[head].index(label)]
-
+def heads_for(concept: str, unreadable: str) -> tuple[tuple[str, str], ...]:
+    """The (head, label) pairs whose probabilities multiply into a concept's score, for both toy scorers:
+    an artist, the hazard mark (any hazard word), a shape with a colour (a phrase, an entity, the mascot), a
+    shape, a colour, an attribute ("warm"), or a :data:`VISUAL` description. Aliases resolve to their
+    canonical concept; ``unreadable`` is the error for a phrase that names none of them."""
+    if concept in VISUAL:
+        return (VISUAL[concept],)
+    exp = world.parse_prompt(concept)
     if exp.artist is not None:
-        def fn(s):
-            return prob(s, "artist", exp.artist)
-    elif exp.hazard:
-        def fn(s):
-            return prob(s, "hazard", "present")
-    elif exp.shape is not None and exp.colour is not None:  # "a red circle", an entity, the mascot: both count
-        def fn(s):
-            return prob(s, "shape", exp.shape) * prob(s, "colour", exp.colour)
-    elif exp.shape is not None:
-        def fn(s):
-            return prob(s, "shape", exp.shape)
-    elif exp.colour is not None:
-        def fn(s):
-            return prob(s, "colour", exp.colour)
-    else:
-        raise ValueError(f"subject {subject!r} names no concept the toy scorer reads")
-    return lambda images: fn(classifier.score(images))
+        return (("artist", exp.artist),)
+    if exp.hazard:
+        return (("hazard", "present"),)
+    pairs = tuple((h, v) for h, v in (("shape", exp.shape), ("colour", exp.colour)) if v is not None)
+    if pairs:
+        return pairs
+    if exp.attribute is not None:
+        return (("attribute", exp.attribute),)
+    raise ValueError(unreadable)
+
+
+def concept_scorer(subject: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """images -> probability that the concept named by ``subject`` is present (CNN scorer): the product of
+    the class probabilities :func:`heads_for` names (the person shape for a profession)."""
+    heads = heads_for(subject, f"subject {subject!r} names no concept the toy scorer reads")
+
+    def score(images: torch.Tensor) -> torch.Tensor:
+        s = classifier.score(images)
+        out = torch.ones(len(images))
+        for head, label in heads:
+            out = out * s[head][:, classifier.HEADS[head].index(label)]
+        return out
+
+    return score
+
+
+def descriptions() -> list[Description]:
+    """Everything the toy world draws, one description per concept (``workbench diff``'s proposer): the 11
+    shapes, 8 colours, 2 attributes, 20 artists and the plain background, and the hazard mark. Aliases are
+    merged into their concept; the four hazard words (and theirs) all draw the one mark."""
+    def named(canon: str) -> tuple[str, ...]:
+        return tuple(world.aliases_for(canon))
+
+    out = [Description(s, family="shape", aliases=named(s)) for s in world.ALL_SHAPES]
+    out += [Description(c, family="colour") for c in world.COLOURS]
+    out += [Description(a, family="attribute") for a in world.ATTRIBUTES]
+    out += [Description(a, family="artist", aliases=named(a)) for a in world.ARTISTS]
+    out.append(Description("no artist", family="artist"))
+    words = [w for h in world.HAZARD_WORDS for w in (h, *named(h))]
+    out.append(Description(words[0], name="hazard mark", family="hazard", aliases=tuple(words[1:])))
+    return out
 
 
 def concept_prompt(concept: str, i: int) -> str:
@@ -153,4 +177,5 @@ def toy_world(name: str = "toy") -> World:
                  paraphrase_prompt=paraphrase_prompt, vocabulary=world.vocabulary,
                  preserve_captions=preserve_captions, attribute_scorer=attribute_scorer,
                  scan=_scan, scannable=_scannable,
-                 scorers={"toy": lambda: concept_scorer, "toy-clip": _toy_clip}, clip_folder=CLIP_FOLDER)
+                 scorers={"toy": lambda: concept_scorer, "toy-clip": _toy_clip}, clip_folder=CLIP_FOLDER,
+                 descriptions=descriptions)
