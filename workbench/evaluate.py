@@ -26,9 +26,10 @@ from .checks import finite, whole
 from .delta import WeightDelta
 from .files import write_text
 from .images import grid, save_image
+from .measure.diff import DiffResult, as_descriptions, check_readable, diff_images
 from .model import Workbench
 from .progress import bar
-from .world import ConceptScorer, PromptFn, WorldScan
+from .world import ConceptScorer, Description, PromptFn, WorldScan
 
 ATTACK_SEED_OFFSET = 500_000  # search seeds are disjoint from the evaluation seeds, so the found prompt's
 # rate on the evaluation seeds is a held-out number, not the one the search maximised
@@ -83,6 +84,8 @@ class EvalReport:
     # what makes the numbers untrustworthy (blank or collapsed images): efficacy is then not reported
     flags: list[str] = field(default_factory=list)
     scan: WorldScan | None = None  # every concept of the world, before and after (``evaluate(scan=True)``)
+    # what else changed on the held-out and unrelated prompts: every description ranked (``workbench diff``)
+    leak: DiffResult | None = None
     # "group: concept" -> (before, after) uint8 (n, 3, H, W), the first few evaluation seeds; not saved to JSON
     images: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
@@ -116,13 +119,17 @@ class EvalReport:
             out["fidelity_min_psnr"] = float(min(f.psnr for f in self.fidelity))
         if self.scan is not None:
             out["scan_worst_outside_abs_change"] = abs(self.scan.worst.change)
+        if self.leak is not None:
+            out["leak_top_auroc"] = self.leak.top.separation
+            out["leak_significant"] = float(len(self.leak.significant()))
         return out
 
     def to_dict(self) -> dict:
         return {"summary": self.summary, "flags": self.flags, "samples": self.samples, "settings": self.settings,
                 "rates": [{**asdict(r), "change": r.change, "relative_drop": r.relative_drop} for r in self.rates],
                 "fidelity": [asdict(f) for f in self.fidelity], "attacks": [asdict(a) for a in self.attacks],
-                "scan": None if self.scan is None else self.scan.to_dict()}
+                "scan": None if self.scan is None else self.scan.to_dict(),
+                "leak": None if self.leak is None else self.leak.to_dict()}
 
     def save_json(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         return write_text(path, json.dumps(self.to_dict(), indent=2), overwrite=overwrite)
@@ -134,8 +141,9 @@ class EvalReport:
         rates = [ConceptRate(r["group"], r["concept"], r["before"], r["after"]) for r in d["rates"]]
         attacks = [AttackResult(**{**a, "history": [tuple(h) for h in a["history"]]}) for a in d.get("attacks", [])]
         scan = WorldScan.from_dict(d["scan"]) if d.get("scan") else None
+        leak = DiffResult.from_dict(d["leak"]) if d.get("leak") else None
         return cls(rates, d["samples"], d["settings"], [Fidelity(**f) for f in d.get("fidelity", [])], attacks,
-                   flags=list(d.get("flags", [])), scan=scan)
+                   flags=list(d.get("flags", [])), scan=scan, leak=leak)
 
     def markdown(self) -> str:
         lines = [f"**Warning: {flag}**" for flag in self.flags] + ([""] if self.flags else [])
@@ -153,6 +161,9 @@ class EvalReport:
         lines += [f"| {k} | {v:.3f} |" for k, v in self.summary.items()]
         if self.scan is not None:
             lines += ["", self.scan.markdown()]
+        if self.leak is not None:
+            lines += ["", "What else changed on the held-out and unrelated prompts (every description of the world "
+                      "ranked; a top AUROC near 0.5 and nothing significant: no leak): " + self.leak.headline()]
         return "\n".join(lines)
 
     def grid_labels(self) -> list[str]:
@@ -320,7 +331,8 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
              attack: bool = False, attack_rounds: int = 3, attack_candidates: int = 8, attack_seeds: int = 4,
              vocabulary: Sequence[str] | None = None, steps: int | None = None, threshold: float = 0.5,
              grid_images: int = 4, grid_path: str | os.PathLike | None = None, batch_size: int | None = None,
-             scan: bool = False, progress: bool = False) -> EvalReport:
+             scan: bool = False, diff: bool = True, descriptions: Sequence[Description | str] | None = None,
+             progress: bool = False) -> EvalReport:
     """Rates before and after ``delta`` for each group, same prompts and seeds.
 
     ``paraphrase`` (or a ``paraphrase_fn``) adds the "paraphrase" group; ``attack`` runs
@@ -331,7 +343,9 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
     ``paraphrase_fn`` and ``vocabulary`` default to the model's :class:`~workbench.world.World` (``wb.world``,
     set for the toy worlds); a model without one must be given them. ``scan`` adds the world's scan (the toy
     world's: :func:`workbench.toy.scan.world_scan`, ``samples`` images per concept or more, the same
-    ``seed``): every concept of every family, with the edited concepts and aliases marked.
+    ``seed``): every concept of every family, with the edited concepts and aliases marked. ``diff`` ranks
+    ``descriptions`` (default: the world's, when it has them) between the held-out and unrelated images before
+    and after (:func:`workbench.measure.diff.diff_images`): the report's ``leak``.
     """
     if not concepts:
         raise ValueError("evaluate needs at least one edited concept")
@@ -358,6 +372,8 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
     if scan and (world is None or world.scan is None):
         raise ValueError(f"evaluate(scan=True) on {wb.name!r}: this model has no world scan (the toy worlds have "
                          "one)")
+    if descriptions is None and diff and world is not None and world.descriptions is not None:
+        descriptions = world.descriptions()
     if missing:
         prompt_fn, scorer = prompt_fn or world.concept_prompt, scorer or world.concept_scorer
         paraphrase_fn = paraphrase_fn or world.paraphrase_prompt
@@ -367,6 +383,9 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
         world.scannable([*concepts, *aliases])  # a name the scan cannot rate fails before any image is made
     for c in dict.fromkeys([*concepts, *aliases, *holdouts, *unrelated]):
         scorer(c)  # so does a concept the scorer cannot read
+    if diff and descriptions is not None:
+        descriptions = as_descriptions(descriptions)
+        check_readable(descriptions, scorer)  # and a description it cannot read
     groups: list[tuple[str, list[str], PromptFn]] = [
         ("edited", list(concepts), prompt_fn), ("alias", list(aliases), prompt_fn),
         ("paraphrase", list(concepts) if paraphrase else [], paraphrase_fn),
@@ -414,7 +433,13 @@ def evaluate(wb: Workbench, delta: WeightDelta, concepts: Sequence[str], *, hold
     if scan:
         scanned = world.scan(wb, delta, [*concepts, *aliases], samples=samples, seed=seed, batch_size=batch_size,
                              progress=progress)
-    report = EvalReport(out, samples, settings, fid, attacks, flags=flags, scan=scanned, images=images)
+    leak = None
+    kept = [j for j, (g, _, _) in enumerate(jobs) if g in ("holdout", "unrelated")]
+    if diff and kept and descriptions is not None:
+        rows = torch.cat([torch.arange(j * samples, (j + 1) * samples) for j in kept])
+        leak = diff_images(before[rows], after[rows], descriptions, scorer, paired=True, threshold=threshold,
+                           labels=[prompts[i] for i in rows.tolist()], settings={"prompts": "held-out and unrelated"})
+    report = EvalReport(out, samples, settings, fid, attacks, flags=flags, scan=scanned, images=images, leak=leak)
     if grid_path is not None:
         report.save_grid(grid_path)
     return report

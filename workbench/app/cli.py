@@ -558,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", help="the edit (a WeightDelta): both models draw the same prompts and seeds")
     p.add_argument("--prompt", action="append", help="a prompt to draw (repeat)")
     p.add_argument("--prompts", help="a file of prompts, one per line")
-    p.add_argument("-n", type=_int(1), default=1, help="images per prompt (seeds seed, seed+1, ...)")
+    p.add_argument("-n", type=_int(1), default=1, help="images per prompt (image k of the set at seed --seed + k)")
     p.add_argument("--seed", type=_int(0), default=0)
     p.add_argument("--steps", type=_int(1), help="sampling steps (default: the model's)")
     p.add_argument("--before", help="instead of drawing: a folder of base images (png, jpg, ...)")

@@ -101,10 +101,11 @@ def load_descriptions(specs: Sequence[str | Description], world: World | None = 
             out += read_descriptions(known[spec[6:]])
         else:
             out += read_descriptions(spec)
-    return _unique(out)
+    return as_descriptions(out)
 
 
-def _unique(descriptions: Sequence[Description | str]) -> list[Description]:
+def as_descriptions(descriptions: Sequence[Description | str]) -> list[Description]:
+    """Descriptions from texts or :class:`~workbench.world.Description`; none, or one word in two, is an error."""
     out = [d if isinstance(d, Description) else Description(d) for d in descriptions]
     if not out:
         raise ValueError("diff: no description to rank; give some (a list, a file, vocab:NAME or the world's)")
@@ -154,6 +155,15 @@ class DiffRow:
         return max(self.auroc, 1 - self.auroc)
 
 
+def check_settings(correction: str, alpha: float, threshold: float, resolution: float) -> None:
+    """The ranking's settings, checked before any image is made."""
+    if correction not in stats.CORRECTIONS:
+        raise ValueError(f"unknown correction {correction!r}: expected one of {', '.join(stats.CORRECTIONS)}")
+    for name, value, top in (("alpha", alpha, 1), ("threshold", threshold, 1), ("resolution", resolution, 0.5)):
+        if not isinstance(value, (int, float)) or not 0 <= value < top or (name != "resolution" and value == 0):
+            raise ValueError(f"{name} must be in {'[0, 0.5)' if name == 'resolution' else '(0, 1)'}, got {value!r}")
+
+
 def compare(before: np.ndarray, after: np.ndarray, descriptions: Sequence[Description], *, paired: bool,
             correction: str = "holm", alpha: float = 0.05, threshold: float = 0.5, resolution: float = 0.01,
             examples: int = 3) -> list[DiffRow]:
@@ -170,11 +180,7 @@ def compare(before: np.ndarray, after: np.ndarray, descriptions: Sequence[Descri
     if not all(np.isfinite(x).all() and (x >= 0).all() and (x <= 1).all() for x in (before, after)):
         raise ValueError("diff: expected scores that are probabilities in [0, 1], got non-finite or out-of-range "
                          "ones; no number is reported from them")
-    if correction not in stats.CORRECTIONS:
-        raise ValueError(f"unknown correction {correction!r}: expected one of {', '.join(stats.CORRECTIONS)}")
-    for name, value, top in (("alpha", alpha, 1), ("threshold", threshold, 1), ("resolution", resolution, 0.5)):
-        if not isinstance(value, (int, float)) or not 0 <= value < top or (name != "resolution" and value == 0):
-            raise ValueError(f"{name} must be in {'[0, 0.5)' if name == 'resolution' else '(0, 1)'}, got {value!r}")
+    check_settings(correction, alpha, threshold, resolution)
     before = np.clip(before, resolution, 1 - resolution)
     after = np.clip(after, resolution, 1 - resolution)
     test = stats.paired_t(before, after) if paired else stats.welch_t(before, after)
@@ -363,20 +369,28 @@ def diff_images(before: torch.Tensor, after: torch.Tensor, descriptions: Sequenc
                 settings: dict | None = None, progress: bool = False) -> DiffResult:
     """Rank ``descriptions`` on two image sets (B, 3, H, W) in [0, 1]; ``paired``: image i of each set comes from
     the same prompt and seed."""
-    descriptions = _unique(descriptions)
+    descriptions = as_descriptions(descriptions)
     for name, x in (("before", before), ("after", after)):
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"diff: the {name} images must be (B, 3, H, W) in [0, 1], got {got}")
     s = _as_scorer(scorer)
-    for d in descriptions:
-        s(d.text)  # an unreadable description fails before any scoring
+    check_readable(descriptions, s)
     sa, sb = score_images(before, descriptions, s, progress), score_images(after, descriptions, s, progress)
     settings = {"scorer": s.name, "correction": correction, "alpha": alpha, "threshold": threshold,
                 "resolution": resolution, **(settings or {})}
     rows = compare(sa, sb, descriptions, paired=paired, correction=correction, alpha=alpha, threshold=threshold,
                    resolution=resolution)
     return DiffResult(rows, len(before), len(after), paired, settings, _uint8(before), _uint8(after), list(labels))
+
+
+def check_readable(descriptions: Sequence[Description], scorer: ConceptScorer | Scorer) -> None:
+    """Every description must be one the scorer reads: the first that is not fails, by name, before any image."""
+    for d in descriptions:
+        try:
+            scorer(d.text)
+        except ValueError as err:
+            raise ValueError(f"description {d.name!r}: {err}") from None
 
 
 def _uint8(images: torch.Tensor) -> torch.Tensor:
@@ -388,14 +402,18 @@ def diff_edit(wb, delta, prompts: Sequence[str], *, samples: int = 1, seed: int 
               steps: int | None = None, batch_size: int | None = None, correction: str = "holm",
               alpha: float = 0.05, threshold: float = 0.5, resolution: float = 0.01,
               progress: bool = False) -> DiffResult:
-    """Generate every prompt at seeds ``seed .. seed + samples - 1`` with the base model and with ``delta``
-    applied, and rank ``descriptions`` (default: the model's world's) by how they tell the two sets apart
+    """Generate every prompt ``samples`` times (image k of the set at seed ``seed + k``) with the base model and
+    with ``delta`` applied, and rank ``descriptions`` (default: the model's world's) by how they tell the two sets apart
     under ``scorer`` (default: the world's concept scorer)."""
     if isinstance(prompts, str) or not prompts:
         raise ValueError("diff: expected a list of prompts to generate, got "
                          f"{prompts!r}" if isinstance(prompts, str) else "diff: no prompt to generate")
     whole("samples", samples)
     whole("seed", seed, minimum=0)
+    check_settings(correction, alpha, threshold, resolution)
+    if len(prompts) * samples < 2:
+        raise ValueError(f"diff: {len(prompts)} prompt × {samples} image is one image per set; a comparison needs "
+                         "at least 2 (add prompts or raise samples / -n)")
     world = wb.world
     if descriptions is None:
         descriptions = load_descriptions(["world"], world)
@@ -404,14 +422,15 @@ def diff_edit(wb, delta, prompts: Sequence[str], *, samples: int = 1, seed: int 
             raise ValueError(f"diff on {wb.name!r}: this model has no scorer of its own (the toy worlds have); "
                              "pass a scorer")
         scorer = Scorer("toy", world.concept_scorer)
-    descriptions = _unique(descriptions)
+    descriptions = as_descriptions(descriptions)
     s = _as_scorer(scorer)
-    for d in descriptions:
-        s(d.text)
+    check_readable(descriptions, s)
     for p in prompts:
         wb._check_prompt(p)  # a prompt the model cannot read fails before any image is made
     delta.check_base(wb)
-    rows = [(p, seed + i) for p in prompts for i in range(samples)]
+    # every image its own seed: a seed shared by every prompt ties the images together (on the toy world seed
+    # 1001 draws the hazard mark on most prompts), and the tests assume independent pairs
+    rows = [(p, seed + j * samples + i) for j, p in enumerate(prompts) for i in range(samples)]
     ps, ss = [p for p, _ in rows], [x for _, x in rows]
     before = wb.sample(ps, ss, steps=steps, batch_size=batch_size, progress=progress)
     with delta.applied(wb):
@@ -450,6 +469,7 @@ def diff_folders(before_dir: str | os.PathLike, after_dir: str | os.PathLike, *,
                  resolution: float = 0.01, progress: bool = False) -> DiffResult:
     """Rank ``descriptions`` between two image folders. ``paired`` (default: when both folders hold the same
     file names) pairs the images by name (the same prompt and seed in each)."""
+    check_settings(correction, alpha, threshold, resolution)
     names_a, before = read_image_folder(before_dir)
     names_b, after = read_image_folder(after_dir)
     same = names_a == names_b
@@ -464,5 +484,6 @@ def diff_folders(before_dir: str | os.PathLike, after_dir: str | os.PathLike, *,
                        threshold=threshold, resolution=resolution, labels=names_a, settings=settings, progress=progress)
 
 
-__all__ = ["DiffResult", "DiffRow", "compare", "diff_edit", "diff_folders", "diff_images", "load_descriptions",
-           "read_descriptions", "read_image_folder", "score_images", "vocabularies"]
+__all__ = ["Description", "DiffResult", "DiffRow", "as_descriptions", "check_readable", "compare", "diff_edit",
+           "diff_folders", "diff_images", "load_descriptions", "read_descriptions", "read_image_folder", "score_images",
+           "vocabularies"]
