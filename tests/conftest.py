@@ -56,3 +56,50 @@ def clip_folder(tmp_path_factory):
     tok.save_pretrained(folder)
     CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+def _write_json(value, file) -> None:
+    import json
+
+    file.write_text(json.dumps(value))
+
+
+def _read_json(file):
+    import json
+
+    return json.loads(file.read_text())
+
+
+@pytest.fixture(scope="session")
+def run_shared(tmp_path_factory, worker_id):
+    """``run_shared(name, make, save=, load=)``: a value made once per test run and kept in a file of the run's
+    temporary folder, which every xdist worker shares; made under a lock, so whoever asks again, on any worker,
+    loads it. For expensive readings that depend only on fixed weights and seeds (session fixtures are built
+    once per worker: twice under -n 2)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if worker_id != "master" else base  # the run's folder, above each worker's own
+
+    def get(name, make, save=None, load=None):
+        save, load = save or _write_json, load or _read_json
+        file = root / name
+        with FileLock(str(file) + ".lock"):
+            if not file.is_file():
+                save(make(), file)
+            return load(file)  # the same types whichever worker made it
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def doctor_debiased(run_shared):
+    """The README's UCE debias recipe on the toy world ("doctor" to 50/50 warm/cool; ~4 min: its alpha is found
+    by generating), made once per run for the tests that read it."""
+    from workbench import Workbench
+    from workbench.delta import WeightDelta
+    from workbench.toy import recipes
+
+    toy = Workbench.toy()
+    return run_shared(f"doctor_debiased_{toy.fingerprint()}.safetensors", lambda: recipes.uce_debias_doctor(toy)[0],
+                      lambda delta, file: delta.save(file), WeightDelta.load)

@@ -289,12 +289,9 @@ def test_an_erased_artist_tops_removed_and_nothing_else_moves(toy, artist_erased
 
 
 @pytest.mark.slow
-def test_debiasing_a_profession_adds_its_attribute(toy):
-    from workbench.toy import recipes
-
-    delta = recipes.uce_debias_doctor(toy)[0]
+def test_debiasing_a_profession_adds_its_attribute(toy, doctor_debiased):
     prompts = ["a doctor", "a photo of a doctor", "an image of a doctor", "doctor"]
-    r = diff.diff_edit(toy, delta, prompts, samples=12, seed=7_200_000)
+    r = diff.diff_edit(toy, doctor_debiased, prompts, samples=24, seed=7_200_000)
     added = r.added(1)[0]
     assert added.name == "cool" and added.significant, r.markdown(3)
     assert r.removed(1)[0].name == "warm"
@@ -314,7 +311,8 @@ def test_cli_diff_and_its_bad_inputs(toy, artist_erased, tmp_path, capsys):
         (["--delta", str(d), "--prompt", "a red circle"], "at least 2"),
         (["--delta", str(d), "--prompt", "a zorp circle", "-n", "2"], "zorp"),
         (["--delta", str(d), "--prompt", "a red circle", "-n", "2", "--description", "purple elephant"], "purple"),
-        (["--delta", str(d), "--prompt", "a red circle", "-n", "2", "--descriptions", "vocab:nope"], "unknown vocabulary"),
+        (["--delta", str(d), "--prompt", "a red circle", "-n", "2", "--descriptions", "vocab:nope"],
+         "unknown vocabulary"),
         (["--before", str(tmp_path)], "needs both --before DIR and --after DIR"),
         (["--before", str(tmp_path), "--after", str(tmp_path), "--delta", str(d)], "--delta is not read"),
         (["--delta", str(d), "--prompt", "a red circle", "-n", "2", "--unpaired"], "--unpaired is for"),

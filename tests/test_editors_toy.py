@@ -1,8 +1,6 @@
 """Closed-form editors on the toy world, scored by its classifier over 50 seeds, before vs after on the same
 prompts and seeds (issue 5's acceptance), plus bad input that must be refused with the model untouched."""
 
-import json
-
 import pytest
 import torch
 
@@ -24,24 +22,11 @@ def toy():
 
 
 @pytest.fixture(scope="session")
-def scan_before(toy, tmp_path_factory, worker_id):
+def scan_before(toy, run_shared):
     """The world scan's readings of the unedited toy world, shared by the edits scanned below (~6 min to make).
-
     Their tests carry one xdist_group and this fixture lives for the session, yet under -n 2 --dist loadgroup
-    it was still built twice (6.5 min of CI; cause not found). So the readings are also kept in a file of this
-    run's temporary folder, which every xdist worker shares, made once under a lock: whoever asks again, on
-    any worker, reads them (they depend only on the weights, the samples and the seeds)."""
-    from filelock import FileLock
-
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if worker_id != "master" else base  # the run's folder, above each worker's own
-    file = root / f"scan_before_{toy.fingerprint()}_{SAMPLES}.json"
-    with FileLock(str(file) + ".lock"):
-        if file.is_file():
-            return json.loads(file.read_text())
-        readings = scan_readings(toy, SAMPLES)
-        file.write_text(json.dumps(readings))
-        return readings
+    it was still built twice (6.5 min of CI), so it is made once per run (``run_shared``)."""
+    return run_shared(f"scan_before_{toy.fingerprint()}_{SAMPLES}.json", lambda: scan_readings(toy, SAMPLES))
 
 
 @pytest.mark.xdist_group("world_scan")
@@ -92,8 +77,8 @@ def test_uce_moderates_every_hazard_word(toy):
     assert all(abs(r.change) <= 0.05 for r in report.group("unrelated")), report.markdown()
 
 
-def test_uce_debiases_a_profession(toy):
-    delta, _ = recipes.uce_debias_doctor(toy)
+def test_uce_debiases_a_profession(toy, doctor_debiased):
+    delta = doctor_debiased
     prompts = ["a doctor", "a photo of a doctor", "an image of a doctor", "a picture of a doctor"] * 13
     before = labels(toy.sample(prompts, seed=4000))["attribute"]
     with delta.applied(toy):

@@ -1,6 +1,5 @@
 """The shipped toy-world model: a fast version of `workbench toy check` at a seed range of its own."""
 
-import json
 
 import pytest
 import torch
@@ -14,24 +13,13 @@ def toy():
 
 
 @pytest.fixture(scope="module")
-def report(toy, tmp_path_factory, worker_id):
+def report(toy, run_shared):
     """The check at CI_SEED_BASE, a seed range the model card does not report (it reports three others).
-
-    Its tests land on both xdist workers, which built it twice (~170 s each): it is made once per run, under a
-    lock, and kept in a file of the run's temporary folder that every worker shares."""
-    from filelock import FileLock
-
+    Its tests land on both xdist workers, which built it twice (~170 s each): it is made once per run."""
     from workbench.toy.check import CI_SEED_BASE, run_check
 
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if worker_id != "master" else base
-    file = root / f"toy_check_{toy.fingerprint()}_{CI_SEED_BASE}_20.json"
-    with FileLock(str(file) + ".lock"):
-        if file.is_file():
-            return json.loads(file.read_text())
-        made = run_check(toy, samples=20, seed_base=CI_SEED_BASE, progress=False)
-        file.write_text(json.dumps(made))
-        return json.loads(file.read_text())  # the same JSON types whichever worker made it
+    return run_shared(f"toy_check_{toy.fingerprint()}_{CI_SEED_BASE}_20.json",
+                      lambda: run_check(toy, samples=20, seed_base=CI_SEED_BASE, progress=False))
 
 
 def test_toy_loads_with_a_word_level_tokenizer(toy):
