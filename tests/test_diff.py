@@ -350,3 +350,20 @@ def test_toy_rankers_score_images_alike(toy):
     b = diff.score_images(x, descs, world.scorers["toy-clip"]())
     agree = ((a > 0.5) == (b > 0.5)).mean()
     assert agree > 0.9
+
+
+def test_cli_diff_on_folders_with_a_local_clip_and_a_shipped_vocabulary(clip_folder, tmp_path, capsys):
+    names = [f"{i:02d}.png" for i in range(8)]
+    _write(tmp_path / "a", names, [(200, 20 * i, 10) for i in range(8)])
+    _write(tmp_path / "b", names, [(10, 20 * i, 200) for i in range(8)])
+    out = tmp_path / "out"
+    assert main(["diff", "--before", str(tmp_path / "a"), "--after", str(tmp_path / "b"), "--scorer",
+                 f"clip:{clip_folder}", "--descriptions", "vocab:cifar10", "--out", str(out), "--quiet"]) == 0
+    got = json.loads((out / "diff.json").read_text())
+    assert got["paired"] and len(got["rows"]) == 10 and got["settings"]["scorer"].startswith("clip:")
+    assert {r["name"] for r in got["rows"]} >= {"airplane", "truck"}
+    capsys.readouterr()
+    assert main(["diff", "--before", str(tmp_path / "a"), "--after", str(tmp_path / "b"), "--scorer",
+                 f"clip:{clip_folder}", "--out", str(tmp_path / "o2"), "--quiet", "--unpaired",
+                 "--description", "a cat"]) == 0
+    assert json.loads((tmp_path / "o2" / "diff.json").read_text())["paired"] is False
