@@ -147,7 +147,9 @@ class DiffRow:
 
     @property
     def direction(self) -> str:
-        return "removed" if self.auroc > 0.5 else "added" if self.auroc < 0.5 else "unchanged"
+        # a tie (every image reads alike but a few) falls back on the sign of the mean difference
+        key = self.auroc - 0.5 if self.auroc != 0.5 else -self.mean_diff
+        return "removed" if key > 0 else "added" if key < 0 else "unchanged"
 
     @property
     def separation(self) -> float:
@@ -196,10 +198,11 @@ def compare(before: np.ndarray, after: np.ndarray, descriptions: Sequence[Descri
     rows = []
     for i, d in enumerate(descriptions):
         if paired:
-            change = before[i] - after[i] if area[i] >= 0.5 else after[i] - before[i]
+            removed = area[i] > 0.5 or (area[i] == 0.5 and test.diff[i] <= 0)
+            change = before[i] - after[i] if removed else after[i] - before[i]
             pairs = [(int(j), int(j)) for j in np.argsort(-change, kind="stable")[:examples]]
         else:  # the clearest before image with the clearest after image
-            sign = 1 if area[i] >= 0.5 else -1
+            sign = 1 if area[i] > 0.5 or (area[i] == 0.5 and test.diff[i] <= 0) else -1
             top = np.argsort(-sign * before[i], kind="stable")[:examples]
             low = np.argsort(sign * after[i], kind="stable")[:examples]
             pairs = [(int(a), int(b)) for a, b in zip(top, low, strict=False)]
@@ -226,10 +229,10 @@ class DiffResult:
 
     def removed(self, top: int | None = None) -> list[DiffRow]:
         """Descriptions that score higher before than after, the clearest first."""
-        return sorted((r for r in self.rows if r.auroc > 0.5), key=lambda r: (-r.auroc, r.p_value))[:top]
+        return sorted((r for r in self.rows if r.direction == "removed"), key=lambda r: (-r.auroc, r.p_value))[:top]
 
     def added(self, top: int | None = None) -> list[DiffRow]:
-        return sorted((r for r in self.rows if r.auroc < 0.5), key=lambda r: (r.auroc, r.p_value))[:top]
+        return sorted((r for r in self.rows if r.direction == "added"), key=lambda r: (r.auroc, r.p_value))[:top]
 
     def significant(self) -> list[DiffRow]:
         """The rows whose corrected p-value is below alpha, smallest first."""
