@@ -200,7 +200,8 @@ def compare(before: np.ndarray, after: np.ndarray, descriptions: Sequence[Descri
         if paired:
             removed = area[i] > 0.5 or (area[i] == 0.5 and test.diff[i] <= 0)
             change = before[i] - after[i] if removed else after[i] - before[i]
-            pairs = [(int(j), int(j)) for j in np.argsort(-change, kind="stable")[:examples]]
+            # only pairs that moved the row's way: an unchanged pair shows nothing
+            pairs = [(int(j), int(j)) for j in np.argsort(-change, kind="stable")[:examples] if change[j] > 0]
         else:  # the clearest before image with the clearest after image
             sign = 1 if area[i] > 0.5 or (area[i] == 0.5 and test.diff[i] <= 0) else -1
             top = np.argsort(-sign * before[i], kind="stable")[:examples]
