@@ -367,3 +367,9 @@ def test_cli_diff_on_folders_with_a_local_clip_and_a_shipped_vocabulary(clip_fol
                  f"clip:{clip_folder}", "--out", str(tmp_path / "o2"), "--quiet", "--unpaired",
                  "--description", "a cat"]) == 0
     assert json.loads((tmp_path / "o2" / "diff.json").read_text())["paired"] is False
+    # the toy classifier on pictures that are not the toy world's: one line, no number
+    assert main(["diff", "--before", str(tmp_path / "a"), "--after", str(tmp_path / "b"), "--out",
+                 str(tmp_path / "o3"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "the toy classifier reads the toy world's images, (B, 3, 32, 32); got (8, 3, 8, 8)" in err, err
+    assert not (tmp_path / "o3").exists()

@@ -165,6 +165,10 @@ def _default_scorer() -> nn.Module:
 @torch.no_grad()
 def score(images: torch.Tensor, scorer: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Per-family class probabilities for images (B,3,32,32) float in [0,1]; class names in HEADS."""
+    size = (world.IMAGE_SIZE, world.IMAGE_SIZE)
+    if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != size:
+        raise ValueError(f"the toy classifier reads the toy world's images, (B, 3, {size[0]}, {size[1]}); got "
+                         f"{tuple(images.shape)}")
     model = scorer if scorer is not None else _default_scorer()
     logits = _forward(model, images.float().clamp(0, 1))
     return {k: v.softmax(-1) for k, v in logits.items()}
