@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
@@ -373,3 +374,19 @@ def test_cli_diff_on_folders_with_a_local_clip_and_a_shipped_vocabulary(clip_fol
     err = capsys.readouterr().err
     assert "the toy classifier reads the toy world's images, (B, 3, 32, 32); got (8, 3, 8, 8)" in err, err
     assert not (tmp_path / "o3").exists()
+
+
+def test_clip_reuses_the_last_batch_embeddings_and_only_that(clip_folder):
+    """Ranking many descriptions scores one batch once per description: CLIP keeps the last batch's image
+    embeddings, and an in-place change or another batch at the same shape misses."""
+    from workbench.measure.clip import Clip
+
+    clip = Clip(clip_folder)
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    first = clip.image_embeds(x)
+    assert clip.image_embeds(x) is first
+    x.mul_(0.5)  # same memory, new content
+    again = clip.image_embeds(x)
+    assert again is not first and torch.allclose(again, Clip(clip_folder).image_embeds(x), atol=1e-6)
+    other = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(clip.image_embeds(other), again)

@@ -52,6 +52,7 @@ class Clip:
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.max_length = self.model.config.text_config.max_position_embeddings
+        self._last: tuple | None = None  # (key, images, embeds) of the last image batch
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) floats in [0, 1] -> the processor's pixel values (via uint8 pictures)."""
@@ -60,9 +61,17 @@ class Clip:
 
     @torch.no_grad()
     def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit-norm projected image embeddings (B, D)."""
+        """Unit-norm projected image embeddings (B, D). The last batch's are kept: ranking many descriptions
+        (``workbench diff``) scores the same images once per description. The key holds the tensor itself, so
+        its memory cannot be reused by another batch while cached, and its version, so an in-place change
+        misses."""
+        key = (images.data_ptr(), tuple(images.shape), images.stride(), images.dtype, images._version)
+        if self._last is not None and self._last[0] == key:
+            return self._last[2]
         out = self.model.get_image_features(pixel_values=self.pixels(images))
-        return F.normalize(out.pooler_output.float(), dim=-1)
+        embeds = F.normalize(out.pooler_output.float(), dim=-1)
+        self._last = (key, images, embeds)
+        return embeds
 
     def text_ids(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids, refusing a text the tokenizer cannot read (unknown words, too long) by name."""
