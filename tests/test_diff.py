@@ -390,3 +390,13 @@ def test_clip_reuses_the_last_batch_embeddings_and_only_that(clip_folder):
     assert again is not first and torch.allclose(again, Clip(clip_folder).image_embeds(x), atol=1e-6)
     other = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     assert not torch.allclose(clip.image_embeds(other), again)
+
+
+def test_cli_evaluate_ranks_the_descriptions_it_is_given(toy, artist_erased, tmp_path):
+    d = artist_erased.save(tmp_path / "d.safetensors")
+    (tmp_path / "mine.txt").write_text("circle | disc\nlukas merro\n")
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "--delta", str(d), "--concept", "jonas flet", "--unrelated", "square", "--samples", "3",
+                 "--descriptions", str(tmp_path / "mine.txt"), "--json", str(out), "--quiet"]) == 0
+    leak = json.loads(out.read_text())["leak"]
+    assert [r["name"] for r in leak["rows"]] == ["circle", "lukas merro"] and leak["n_before"] == 3

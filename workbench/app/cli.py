@@ -288,6 +288,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     delta = WeightDelta.load(args.delta)
     _check_delta(args, delta, wb)
     scorer = _scorer(args, wb) if args.scorer else None
+    descriptions = None
+    if args.descriptions:
+        from ..measure.diff import load_descriptions
+
+        descriptions = load_descriptions(args.descriptions, wb.world)
     prompt_fn = None
     if args.template is not None or wb.world is None:  # a model without a world: the concept in a template
         template = _template(args.template or "{}")
@@ -297,7 +302,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       paraphrase=args.paraphrase, attack=args.attack, attack_rounds=args.attack_rounds,
                       attack_candidates=args.attack_candidates, attack_seeds=args.attack_seeds,
                       grid_images=args.grid_images if args.grid else 0, batch_size=args.batch_size,
-                      scan=args.scan, scorer=scorer, prompt_fn=prompt_fn, progress=True)
+                      scan=args.scan, scorer=scorer, prompt_fn=prompt_fn, descriptions=descriptions, progress=True)
     print(report.markdown())
     if args.json:
         print(f"wrote {report.save_json(args.json, overwrite=args.overwrite)}")
@@ -321,7 +326,8 @@ def _evaluate_suite(args: argparse.Namespace) -> int:
 
     extra = [flag for flag, value in (("--holdout", args.holdout), ("--alias", args.alias),
                                       ("--unrelated", args.unrelated), ("--paraphrase", args.paraphrase),
-                                      ("--attack", args.attack), ("--scan", args.scan), ("--grid", args.grid))
+                                      ("--attack", args.attack), ("--scan", args.scan), ("--grid", args.grid),
+                                      ("--descriptions", args.descriptions))
              if value]
     if extra:
         raise ValueError(f"{extra[0]} is not read with --suite (a suite run writes suite.json, suite.md and "
@@ -546,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scan", action="store_true",
                    help="toy world: also rate every concept of every family (38 x --samples images, before and "
                         "after) and report the largest changes outside the edited concepts and aliases")
+    p.add_argument("--descriptions", action="append", help="what the leak ranking on the held-out and unrelated "
+                   "images tries (as in `workbench diff`; default: the model's world's, when it has one)")
     p.add_argument("--grid", help="write a before/after image grid (PNG) here")
     p.add_argument("--grid-images", type=_int(1), default=4, help="seeds per grid row")
     p.add_argument("--json", help="write the report as JSON here")
