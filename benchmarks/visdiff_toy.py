@@ -2,14 +2,14 @@
 toy classifier and the toy CLIP as rankers on the same images.
 
 Per edit, two prompt sets, each drawn by the base and the edited model at the same seeds (fixed before any
-result was seen): the edited concept's own evaluation prompts (``--own`` images), and the world scan's prompts
-(``workbench.toy.scan.scan_prompts(--samples)``: every concept of every family at ``--samples`` images or more)
-less those that draw or name the edited concept: the unrelated prompts. A training-grammar sample is no
+result was seen): the edited concept's own evaluation prompts (``--own`` images), and the world scan's
+prompts (``scan_prompts(--samples)``: every concept of every family at ``--samples`` images or more) less
+those that draw or name the edited concept (``unrelated_items``). A training-grammar sample is no
 substitute: a change confined to one artist's images needs ~50 of them to pass a correction over 43
-descriptions, and each artist is 3.5 % of the grammar's captions. Printed per edit, set and ranker: the top
-"removed" and "added" descriptions with their AUROC, and every description
-significant after Holm at 0.05; then how the two rankers agree (Spearman correlation of the 43 AUROCs, the
-same top description, the same significant set).
+descriptions, and each artist is 3.5 % of the grammar's captions. Printed per edit, set and ranker: the
+top "removed" and "added" descriptions with their AUROC, and every description significant after Holm at
+0.05; then how the two rankers agree (Spearman correlation of the 43 AUROCs, the same top description, the
+same significant set).
 
     python benchmarks/visdiff_toy.py [--own 48] [--samples 50] [--seed 5000000] [--json FILE] [--threads 1]
 """
@@ -30,7 +30,7 @@ from workbench.measure import load_scorer
 from workbench.measure.diff import diff_images
 from workbench.toy import recipes, world
 from workbench.toy.protocol import SHAPE_TEMPLATES, concept_prompt
-from workbench.toy.scan import edited_concepts, scan_prompts
+from workbench.toy.scan import scan_prompts, unrelated_items
 
 
 def circle_before_fix(wb):
@@ -73,11 +73,7 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         delta, edited = recipe(wb)
-        targets = edited_concepts(edited)
-        words = {w for c in edited for w in (c, *world.aliases_for(world.ALIASES.get(c, c)), world.ALIASES.get(c, c))}
-        keep = [k for k, (prompt, claims) in enumerate(items)
-                if not any(c.concept in targets or any(label in words for _, label in c.want) for c in claims)
-                and not any(w in f" {prompt} " for w in (f" {x} " for x in words))]
+        keep = unrelated_items(edited, args.samples)
         own = [concept_prompt(concept, i) for i in range(args.own)]
         with delta.applied(wb):
             scan_after = wb.sample([p for p, _ in items], scan_seeds)

@@ -129,18 +129,6 @@ def paraphrase_prompt(concept: str, i: int) -> str:
                                         x=other)
 
 
-def unrelated_prompts(edited: Sequence[str], n: int, seed: int = 0) -> list[str]:
-    """``n`` captions of the training grammar whose scenes neither draw nor name any of ``edited`` (nor an alias
-    of one): prompts an edit of ``edited`` should leave alone (``workbench diff``'s "nothing else moved")."""
-    names = {w for c in edited for w in (c, *world.aliases_for(c), *(world.ALIASES.get(c, c),))}
-
-    def free(s: world.Scene) -> bool:
-        shown = {s.shape, s.colour, s.artist, s.artist_word, s.hazard_word, s.profession, s.entity}
-        return not names & shown and not names & set(s.subject.split()) and s.subject not in names
-
-    return world.captions(n, seed, keep=free)
-
-
 def labels(images: torch.Tensor) -> dict[str, list[str]]:
     """Argmax class names per family (CNN scorer)."""
     return {head: [classifier.HEADS[head][i] for i in p.argmax(1).tolist()]

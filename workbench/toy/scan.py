@@ -128,6 +128,20 @@ def _edited_phrases(names: Sequence[str]) -> set[str]:
     return out
 
 
+def _names_any(prompt: str, phrases: set[str]) -> bool:
+    return any(f" {w} " in f" {prompt} " for w in phrases)
+
+
+def unrelated_items(edited: Sequence[str], samples: int = 50) -> list[int]:
+    """Indices of :func:`scan_prompts` whose prompt neither names an edited concept (or an alias) nor asks for
+    one to be drawn: the prompts an edit of ``edited`` should leave alone (``workbench diff``'s unrelated set)."""
+    targets, words = edited_concepts(edited), _edited_phrases(edited)
+    labels = {world.ALIASES.get(n, n) for n in edited}
+    return [k for k, (prompt, claims) in enumerate(scan_prompts(samples))
+            if not _names_any(prompt, words)
+            and not any(c.concept in targets or any(v in labels for _, v in c.want) for c in claims)]
+
+
 def compare(before: dict[str, list[str]], after: dict[str, list[str]], samples: int, seed: int,
             edited: Sequence[str] = ()) -> WorldScan:
     """Rows from two readings of the same scan (same ``samples`` and seeds)."""
@@ -139,7 +153,7 @@ def compare(before: dict[str, list[str]], after: dict[str, list[str]], samples: 
     words = _edited_phrases(edited)
     hits: dict[tuple[str, str], list[tuple[bool, bool]]] = {}
     for k, (prompt, claims) in enumerate(items):
-        names_edit = any(f" {w} " in f" {prompt} " for w in words)
+        names_edit = _names_any(prompt, words)
         for c in claims:
             if names_edit and c.concept not in targets:
                 continue  # what an edit does to its own concept's prompts is not collateral
