@@ -392,7 +392,7 @@ def test_clip_reuses_the_last_batch_embeddings_and_only_that(clip_folder):
     assert not torch.allclose(clip.image_embeds(other), again)
 
 
-def test_cli_evaluate_ranks_the_descriptions_it_is_given(toy, artist_erased, tmp_path):
+def test_cli_evaluate_ranks_the_descriptions_it_is_given(toy, artist_erased, tmp_path, capsys):
     d = artist_erased.save(tmp_path / "d.safetensors")
     (tmp_path / "mine.txt").write_text("circle | disc\nlukas merro\n")
     out = tmp_path / "e.json"
@@ -400,3 +400,10 @@ def test_cli_evaluate_ranks_the_descriptions_it_is_given(toy, artist_erased, tmp
                  "--descriptions", str(tmp_path / "mine.txt"), "--json", str(out), "--quiet"]) == 0
     leak = json.loads(out.read_text())["leak"]
     assert [r["name"] for r in leak["rows"]] == ["circle", "lukas merro"] and leak["n_before"] == 3
+    (tmp_path / "bad.txt").write_text("purple elephant\n")
+    for spec, message in (("vocab:nope", "unknown vocabulary"), (str(tmp_path / "bad.txt"), "purple elephant")):
+        assert main(["evaluate", "--delta", str(d), "--concept", "jonas flet", "--unrelated", "square", "--samples",
+                     "3", "--descriptions", spec, "--json", str(tmp_path / "never.json"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "never.json").exists()
